@@ -1,0 +1,37 @@
+//! Generated protobuf and gRPC code for heft's `heft.*.v1` packages.
+#![forbid(unsafe_code)]
+#![allow(clippy::all, unused_qualifications, missing_docs)]
+
+// Module nesting mirrors the proto packages: generated code refers to other
+// packages by relative paths (`super::super::super::google::r#type`).
+pub mod google {
+    pub mod r#type {
+        tonic::include_proto!("google.r#type");
+    }
+}
+
+pub mod heft {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("heft.common.v1");
+        }
+    }
+
+    pub mod users {
+        pub mod v1 {
+            tonic::include_proto!("heft.users.v1");
+        }
+    }
+
+    pub mod entries {
+        pub mod v1 {
+            tonic::include_proto!("heft.entries.v1");
+        }
+    }
+}
+
+pub use heft::{common, entries, users};
+
+/// Encoded `FileDescriptorSet` of every heft proto file, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/heft_descriptor.bin"));
