@@ -1,0 +1,76 @@
+//! Settings both services read, from flags or `HEFT_*` environment variables.
+
+use std::{path::PathBuf, time::Duration};
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+use crate::{
+    auth::{Secret, Tokens},
+    telemetry::LogFormat,
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// API bearer tokens, comma-separated. Unset: the service runs open (development only).
+    #[arg(long, env = "HEFT_API_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub api_tokens: Vec<Secret>,
+
+    /// Token the two heft services use to call each other.
+    #[arg(long, env = "HEFT_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<Secret>,
+
+    /// Log filter, tracing syntax (e.g. `info,heft_users=debug`).
+    #[arg(long = "log", env = "HEFT_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log line format.
+    #[arg(long, env = "HEFT_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+
+    /// PEM certificate chain: serve TLS instead of plaintext (with --tls-key).
+    #[arg(long, env = "HEFT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HEFT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate that signs the other service's certificate (for https:// URLs).
+    #[arg(long, env = "HEFT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// How long shutdown waits for in-flight calls, in seconds.
+    #[arg(long, env = "HEFT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl CommonArgs {
+    pub fn tokens(&self) -> Tokens {
+        Tokens::new(&self.api_tokens, self.internal_token.as_ref())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn server_tls(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let identity = Identity::from_pem(read(cert)?, read(key)?);
+        Ok(Some(ServerTlsConfig::new().identity(identity)))
+    }
+
+    pub fn client_tls(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        Ok(Some(
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+        ))
+    }
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}

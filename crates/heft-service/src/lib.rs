@@ -1,0 +1,16 @@
+//! Plumbing both heft services share: configuration, telemetry, bearer-token
+//! auth, the error-to-status mapping, page tokens, serving and shutdown.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod pagination;
+pub mod rpc_layer;
+pub mod server;
+pub mod telemetry;
+pub mod time;
+
+pub use auth::{Caller, Secret, Tokens};
+pub use error::{ErrorCode, FieldViolation, InvalidRequest, ServiceError, Violations, to_status};
+pub use rpc_layer::{RequestId, caller, request_id};

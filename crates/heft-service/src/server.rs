@@ -1,0 +1,217 @@
+//! Serving a heft service: health, reflection, the RPC layer, graceful
+//! shutdown; and the client side of calls between the services.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::Notify};
+use tonic::{
+    metadata::{AsciiMetadataValue, MetadataValue},
+    transport::{
+        Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConfig,
+        server::{Router, TcpIncoming},
+    },
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::layer::util::{Identity, Stack};
+
+use crate::{
+    auth::{Secret, Tokens},
+    rpc_layer::{REQUEST_ID_HEADER, RequestId, RpcLayer},
+};
+
+pub type HeftRouter = Router<Stack<RpcLayer, Identity>>;
+
+/// Limits every call, whatever deadline the caller asked for.
+const MAX_REQUEST_DURATION: Duration = Duration::from_secs(30);
+/// Bounds the memory a single request can claim (a full batch of entries is ~0.5 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A router with health, reflection (v1 and v1alpha) and the RPC layer; the
+/// caller adds its own service. Health says NOT_SERVING until [`serve`].
+pub async fn base_router(
+    tokens: Tokens,
+    tls: Option<ServerTlsConfig>,
+) -> anyhow::Result<(HeftRouter, HealthReporter)> {
+    if tokens.is_open() {
+        tracing::warn!(
+            "NO TOKENS CONFIGURED: every call is accepted without authentication; \
+             set HEFT_API_TOKENS and HEFT_INTERNAL_TOKEN outside development"
+        );
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(heft_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(heft_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let router = server
+        .timeout(MAX_REQUEST_DURATION)
+        .layer(RpcLayer::new(tokens))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    Ok((router, health))
+}
+
+/// Serves until `shutdown` resolves, then reports NOT_SERVING, stops
+/// accepting, and waits at most `grace` for in-flight calls.
+pub async fn serve(
+    router: HeftRouter,
+    health: HealthReporter,
+    service_name: &str,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    for name in ["", service_name] {
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+    tracing::info!(%address, service = service_name, "serving");
+
+    let draining = Arc::new(Notify::new());
+    let signal = {
+        let draining = draining.clone();
+        let health = health.clone();
+        let service_name = service_name.to_owned();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight calls");
+            for name in ["", service_name.as_str()] {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            draining.notify_one();
+        }
+    };
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::select! {
+        served = router.serve_with_incoming_shutdown(incoming, signal) => served?,
+        () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "grace period over: dropping in-flight calls");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}
+
+/// A lazily connecting channel to the other service: neither service needs
+/// the other to be up to start.
+pub fn channel(
+    url: &str,
+    tls: Option<ClientTlsConfig>,
+    connect_timeout: Duration,
+) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| anyhow::anyhow!("invalid service url {url:?}: {e}"))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+/// Credentials and tracing context for calls from one heft service to the other.
+#[derive(Clone, Debug)]
+pub struct InternalCredentials {
+    authorization: Option<AsciiMetadataValue>,
+}
+
+impl InternalCredentials {
+    pub fn new(internal_token: Option<&Secret>) -> anyhow::Result<Self> {
+        let authorization = internal_token
+            .map(|token| MetadataValue::try_from(format!("Bearer {}", token.expose())))
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("HEFT_INTERNAL_TOKEN must be printable ASCII"))?;
+        Ok(Self { authorization })
+    }
+
+    /// Wraps `message` with the internal token, the request id being
+    /// followed, and a deadline.
+    pub fn request<T>(
+        &self,
+        message: T,
+        request_id: Option<&RequestId>,
+        deadline: Duration,
+    ) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(deadline);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        if let Some(id) = request_id.and_then(|id| MetadataValue::try_from(id.0.as_str()).ok()) {
+            request.metadata_mut().insert(REQUEST_ID_HEADER, id);
+        }
+        request
+    }
+}
+
+/// Asks the health service at `url`; true when it reports SERVING.
+pub async fn healthcheck(url: &str, tls: Option<ClientTlsConfig>) -> anyhow::Result<bool> {
+    let channel = channel(url, tls, Duration::from_secs(2))?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(Duration::from_secs(3));
+    let response = client.check(request).await?;
+    Ok(response.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+}
+
+/// The http(s) URL to reach a listener at `address` from this machine.
+pub fn local_url(address: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let host = match address.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("{scheme}://{host}:{}", address.port())
+}
