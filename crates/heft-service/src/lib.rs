@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod field_mask;
 pub mod pagination;
 pub mod rpc_layer;
 pub mod server;

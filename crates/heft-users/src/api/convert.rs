@@ -1,0 +1,134 @@
+//! Proto messages to domain values (validating every field once) and back.
+
+use heft_proto::users::v1 as pb;
+use heft_service::{
+    InvalidRequest, Violations,
+    field_mask::{self, UpdateFields},
+    time::to_timestamp,
+};
+
+use crate::domain::{Email, Password, User, UserId, UserName, UserPatch, WeightUnit};
+
+pub struct NewAccount {
+    pub email: Email,
+    pub name: UserName,
+    pub password: Password,
+    pub weight_unit: WeightUnit,
+}
+
+pub struct PasswordChange {
+    pub id: UserId,
+    pub current: Password,
+    pub new: Password,
+}
+
+pub struct Login {
+    pub email: Email,
+    pub password: Password,
+}
+
+pub fn user_id(raw: &str, field: &str) -> Result<UserId, InvalidRequest> {
+    UserId::parse(raw).map_err(|e| InvalidRequest::single(field, e.to_string()))
+}
+
+/// `UNSPECIFIED` is `None`; unknown numbers are invalid.
+fn weight_unit(code: i32) -> Result<Option<WeightUnit>, &'static str> {
+    match code {
+        0 => Ok(None),
+        code => WeightUnit::from_code(code)
+            .map(Some)
+            .ok_or("must be WEIGHT_UNIT_KILOGRAMS or WEIGHT_UNIT_POUNDS"),
+    }
+}
+
+pub fn create_user(request: pb::CreateUserRequest) -> Result<NewAccount, InvalidRequest> {
+    let mut violations = Violations::new();
+    let email = violations.check("email", Email::parse(&request.email));
+    let name = violations.check("name", UserName::parse(&request.name));
+    let password = violations.check("password", Password::parse(&request.password));
+    let weight_unit = violations.check("weight_unit", weight_unit(request.weight_unit));
+    violations.into_result()?;
+    match (email, name, password, weight_unit) {
+        (Some(email), Some(name), Some(password), Some(unit)) => Ok(NewAccount {
+            email,
+            name,
+            password,
+            weight_unit: unit.unwrap_or(WeightUnit::DEFAULT),
+        }),
+        _ => unreachable!("every failed check recorded a violation"),
+    }
+}
+
+pub fn update_user(request: pb::UpdateUserRequest) -> Result<(UserId, UserPatch), InvalidRequest> {
+    let Some(user) = request.user else {
+        return Err(InvalidRequest::single("user", "is required"));
+    };
+    let fields = field_mask::resolve(
+        request.update_mask.as_ref(),
+        &["name", "email", "weight_unit"],
+        &["id", "create_time", "update_time"],
+    );
+    let mut violations = Violations::new();
+    let id = violations.check("user.id", UserId::parse(&user.id));
+    let fields = match fields {
+        Ok(fields) => fields,
+        Err(invalid) => {
+            for v in invalid.0 {
+                violations.add(v.field, v.description);
+            }
+            UpdateFields::Named(Vec::new())
+        }
+    };
+    let mut patch = UserPatch::default();
+    if fields.includes("email", !user.email.is_empty()) {
+        patch.email = violations.check("user.email", Email::parse(&user.email));
+    }
+    if fields.includes("name", !user.name.is_empty()) {
+        patch.name = violations.check("user.name", UserName::parse(&user.name));
+    }
+    if fields.includes("weight_unit", user.weight_unit != 0) {
+        patch.weight_unit = violations
+            .check(
+                "user.weight_unit",
+                weight_unit(user.weight_unit)
+                    .and_then(|unit| unit.ok_or("must be WEIGHT_UNIT_KILOGRAMS or WEIGHT_UNIT_POUNDS")),
+            );
+    }
+    violations.into_result()?;
+    let id = id.unwrap_or_else(|| unreachable!("an invalid id is a violation"));
+    Ok((id, patch))
+}
+
+pub fn change_password(request: pb::ChangePasswordRequest) -> Result<PasswordChange, InvalidRequest> {
+    let mut violations = Violations::new();
+    let id = violations.check("id", UserId::parse(&request.id));
+    let current = violations.check("current_password", Password::for_login(&request.current_password));
+    let new = violations.check("new_password", Password::parse(&request.new_password));
+    violations.into_result()?;
+    match (id, current, new) {
+        (Some(id), Some(current), Some(new)) => Ok(PasswordChange { id, current, new }),
+        _ => unreachable!("every failed check recorded a violation"),
+    }
+}
+
+pub fn authenticate(request: pb::AuthenticateRequest) -> Result<Login, InvalidRequest> {
+    let mut violations = Violations::new();
+    let email = violations.check("email", Email::parse(&request.email));
+    let password = violations.check("password", Password::for_login(&request.password));
+    violations.into_result()?;
+    match (email, password) {
+        (Some(email), Some(password)) => Ok(Login { email, password }),
+        _ => unreachable!("every failed check recorded a violation"),
+    }
+}
+
+pub fn user_to_proto(user: &User) -> pb::User {
+    pb::User {
+        id: user.id.to_string(),
+        email: user.email.as_str().to_owned(),
+        name: user.name.as_str().to_owned(),
+        weight_unit: user.weight_unit.code(),
+        create_time: Some(to_timestamp(user.create_time)),
+        update_time: Some(to_timestamp(user.update_time)),
+    }
+}

@@ -1,0 +1,245 @@
+//! tonic handlers of `heft.users.v1.UserService`: decode and validate, call
+//! the domain and store, map errors (in [`error`]).
+
+use std::sync::Arc;
+
+use heft_proto::users::v1::{self as pb, user_service_server::UserService};
+use heft_service::{pagination::{self, PageTokens}, request_id, time};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::{
+    cascade::{Cascade, PurgeOutcome},
+    domain::{Credentials, LoginAttempt, LoginThrottle, NewUser, User, UserId},
+    password::PasswordHasher,
+    store::UserStore,
+};
+
+mod convert;
+mod error;
+
+pub use error::ApiError;
+
+const DEFAULT_PAGE_SIZE: u32 = 50;
+const MAX_PAGE_SIZE: u32 = 1000;
+const PAGE_SCOPE: &str = "users";
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub struct UserApi {
+    store: Arc<dyn UserStore>,
+    hasher: PasswordHasher,
+    throttle: LoginThrottle,
+    page_tokens: PageTokens,
+    cascade: Arc<Cascade>,
+}
+
+impl UserApi {
+    pub fn new(
+        store: Arc<dyn UserStore>,
+        hasher: PasswordHasher,
+        throttle: LoginThrottle,
+        page_tokens: PageTokens,
+        cascade: Arc<Cascade>,
+    ) -> Self {
+        Self {
+            store,
+            hasher,
+            throttle,
+            page_tokens,
+            cascade,
+        }
+    }
+
+    /// Takes a throttled attempt at the account's password: locked accounts
+    /// are refused before any hashing, and a success clears the failures.
+    async fn check_password(
+        &self,
+        credentials: &Credentials,
+        password: &crate::domain::Password,
+        wrong: ApiError,
+    ) -> ApiResult<()> {
+        let id = credentials.user.id;
+        let now = time::now();
+        if let LoginAttempt::Locked { until } =
+            self.store.begin_login_attempt(id, self.throttle, now).await?
+        {
+            warn!(user_id = %id, "login refused: too many failures");
+            return Err(ApiError::LoginLocked {
+                retry_after: (until - now).to_std().unwrap_or_default(),
+            });
+        }
+        let verification = self
+            .hasher
+            .verify(password, &credentials.password_hash)
+            .await?;
+        if !verification.matches {
+            return Err(wrong);
+        }
+        self.store.clear_login_failures(id).await?;
+        if verification.needs_rehash {
+            self.rehash(id, password).await;
+        }
+        Ok(())
+    }
+
+    /// Upgrades a hash made with weaker parameters; a failure only delays
+    /// the upgrade to the next login.
+    async fn rehash(&self, id: UserId, password: &crate::domain::Password) {
+        let upgraded = async {
+            let hash = self.hasher.hash(password).await?;
+            self.store.set_password_hash(id, &hash, time::now()).await?;
+            Ok::<_, ApiError>(())
+        };
+        match upgraded.await {
+            Ok(()) => info!(user_id = %id, "password re-hashed with the configured parameters"),
+            Err(error) => warn!(user_id = %id, %error, "cannot re-hash password"),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let account = convert::create_user(request.into_inner()).map_err(ApiError::from)?;
+        let password_hash = self.hasher.hash(&account.password).await.map_err(ApiError::from)?;
+        let now = time::now();
+        let user = User {
+            id: UserId::generate(),
+            email: account.email,
+            name: account.name,
+            weight_unit: account.weight_unit,
+            create_time: now,
+            update_time: now,
+        };
+        self.store
+            .create_user(&NewUser {
+                user: user.clone(),
+                password_hash,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        info!(user_id = %user.id, "user created");
+        Ok(Response::new(convert::user_to_proto(&user)))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let id = convert::user_id(&request.get_ref().id, "id").map_err(ApiError::from)?;
+        let user = self.store.get_user(id).await.map_err(ApiError::from)?;
+        Ok(Response::new(convert::user_to_proto(&user)))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            .map_err(ApiError::from)?;
+        let after: Option<uuid::Uuid> = self
+            .page_tokens
+            .decode(PAGE_SCOPE, &(), &request.page_token)
+            .map_err(ApiError::from)?;
+        let mut users = self
+            .store
+            .list_users(after.map(UserId), page_size + 1)
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = if users.len() > page_size as usize {
+            users.truncate(page_size as usize);
+            users
+                .last()
+                .map(|last| self.page_tokens.encode(PAGE_SCOPE, &(), last.id.0))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.iter().map(convert::user_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let (id, patch) = convert::update_user(request.into_inner()).map_err(ApiError::from)?;
+        let user = self
+            .store
+            .update_user(id, &patch, time::now())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::user_to_proto(&user)))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<()>, Status> {
+        let change = convert::change_password(request.into_inner()).map_err(ApiError::from)?;
+        let user = self.store.get_user(change.id).await.map_err(ApiError::from)?;
+        let password_hash = self.store.password_hash(change.id).await.map_err(ApiError::from)?;
+        let credentials = Credentials { user, password_hash };
+        self.check_password(&credentials, &change.current, ApiError::WrongCurrentPassword)
+            .await?;
+        let new_hash = self.hasher.hash(&change.new).await.map_err(ApiError::from)?;
+        self.store
+            .set_password_hash(change.id, &new_hash, time::now())
+            .await
+            .map_err(ApiError::from)?;
+        info!(user_id = %change.id, "password changed");
+        Ok(Response::new(()))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let login = convert::authenticate(request.into_inner()).map_err(ApiError::from)?;
+        let Some(credentials) = self
+            .store
+            .find_credentials(&login.email)
+            .await
+            .map_err(ApiError::from)?
+        else {
+            // Same cost and answer as a wrong password: no account enumeration.
+            self.hasher.verify_dummy(&login.password).await.map_err(ApiError::from)?;
+            return Err(ApiError::BadCredentials.into());
+        };
+        self.check_password(&credentials, &login.password, ApiError::BadCredentials)
+            .await?;
+        Ok(Response::new(pb::AuthenticateResponse {
+            user: Some(convert::user_to_proto(&credentials.user)),
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let id = convert::user_id(&request.get_ref().id, "id").map_err(ApiError::from)?;
+        let outcome = self
+            .cascade
+            .delete_user(id, request_id(&request))
+            .await
+            .map_err(ApiError::from)?;
+        let response = match outcome {
+            PurgeOutcome::Purged { deleted_entries } => pb::DeleteUserResponse {
+                purge_state: pb::PurgeState::Purged.into(),
+                purged_entry_count: deleted_entries,
+            },
+            PurgeOutcome::Pending => pb::DeleteUserResponse {
+                purge_state: pb::PurgeState::Pending.into(),
+                purged_entry_count: 0,
+            },
+        };
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,57 @@
+use super::Invalid;
+
+/// A plausible email address, trimmed and lower-cased: the form it is stored
+/// and compared in, which makes uniqueness and login case-insensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    pub const MAX_CHARS: usize = 254;
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let email = raw.trim().to_lowercase();
+        if email.is_empty() {
+            return Err(Invalid("must not be empty"));
+        }
+        if email.chars().count() > Self::MAX_CHARS {
+            return Err(Invalid("must be at most 254 characters"));
+        }
+        let plausible = email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.len() <= 64
+                && !domain.contains('@')
+                && domain.contains('.')
+                && domain.split('.').all(|label| !label.is_empty())
+        }) && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !plausible {
+            return Err(Invalid("must be an email address like name@example.com"));
+        }
+        Ok(Self(email))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_case_and_whitespace() {
+        let email = Email::parse("  Ada.Lovelace@Example.COM ").expect("valid");
+        assert_eq!(email.as_str(), "ada.lovelace@example.com");
+    }
+
+    #[test]
+    fn refuses_implausible_addresses() {
+        for raw in ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com",
+            "ada@@example.com", "ada@example..com"]
+        {
+            assert!(Email::parse(raw).is_err(), "{raw:?} accepted");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(Email::parse(&long).is_err());
+    }
+}

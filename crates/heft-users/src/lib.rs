@@ -1,0 +1,129 @@
+//! heft users service: accounts (argon2id passwords, preferred unit) and the
+//! cascade that purges a deleted user's entries in the entries service.
+#![forbid(unsafe_code)]
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use heft_proto::users::v1::user_service_server::UserServiceServer;
+use heft_service::{
+    config::CommonArgs,
+    pagination::{PageTokens, generate_key},
+    server::{self, InternalCredentials, MAX_MESSAGE_BYTES},
+};
+use tokio::{net::TcpListener, sync::watch};
+
+pub mod api;
+pub mod cascade;
+pub mod domain;
+pub mod password;
+pub mod store;
+
+/// The service name health checks and reflection know it by.
+pub const SERVICE_NAME: &str = "heft.users.v1.UserService";
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "heft-users", version, about = "heft users service")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Exit 0 when the service at HEFT_USERS_LISTEN reports SERVING (for container health checks).
+    Healthcheck,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HEFT_USERS_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// sqlite://path or postgres://user:password@host/database.
+    #[arg(long, env = "HEFT_USERS_DATABASE_URL", default_value = "sqlite://data/users.db", hide_env_values = true)]
+    pub database_url: String,
+    /// Where the entries service listens (for the cascade).
+    #[arg(long, env = "HEFT_ENTRIES_URL", default_value = "http://127.0.0.1:50052")]
+    pub entries_url: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub hashing: password::HashingArgs,
+    #[command(flatten)]
+    pub cascade: cascade::CascadeArgs,
+}
+
+/// Binds `HEFT_USERS_LISTEN` and serves until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    serve_with_listener(config, listener, server::shutdown_signal()).await
+}
+
+/// Migrates the database, then serves on `listener` until `shutdown`
+/// resolves; the purge dispatcher runs alongside and stops with it.
+pub async fn serve_with_listener(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = store::open(&config.database_url).await?;
+    let page_tokens = PageTokens::new(store.page_token_key(&generate_key()).await?);
+    let hasher = password::PasswordHasher::new(&config.hashing)?;
+    let entries = server::channel(
+        &config.entries_url,
+        config.common.client_tls()?,
+        std::time::Duration::from_secs(1),
+    )?;
+    let cascade = Arc::new(cascade::Cascade::new(
+        store.clone(),
+        entries,
+        InternalCredentials::new(config.common.internal_token.as_ref())?,
+        config.cascade.clone(),
+    ));
+    let api = api::UserApi::new(
+        store,
+        hasher,
+        domain::LoginThrottle::default(),
+        page_tokens,
+        cascade.clone(),
+    );
+
+    let (stop_dispatcher, dispatcher_stopped) = watch::channel(false);
+    let dispatcher = tokio::spawn(cascade.run_dispatcher(dispatcher_stopped));
+
+    let (router, health) =
+        server::base_router(config.common.tokens(), config.common.server_tls()?).await?;
+    let router = router.add_service(
+        UserServiceServer::new(api)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    let served = server::serve(
+        router,
+        health,
+        SERVICE_NAME,
+        listener,
+        shutdown,
+        config.common.shutdown_grace(),
+    )
+    .await;
+
+    let _ = stop_dispatcher.send(true);
+    if tokio::time::timeout(config.common.shutdown_grace(), dispatcher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("purge dispatcher did not stop in time; its claimed jobs will be retried");
+    }
+    served
+}
+
+/// The `healthcheck` subcommand: true when the service reports SERVING.
+pub async fn healthcheck(config: &Config) -> anyhow::Result<bool> {
+    let url = server::local_url(config.listen, config.common.tls_cert.is_some());
+    server::healthcheck(&url, config.common.client_tls()?).await
+}

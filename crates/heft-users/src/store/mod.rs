@@ -1,0 +1,171 @@
+//! Where users live: one trait, one module per database.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use heft_service::{ErrorCode, ServiceError};
+use uuid::Uuid;
+
+use crate::domain::{
+    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeQueueStats, User,
+    UserId, UserPatch,
+};
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresUserStore;
+pub use sqlite::SqliteUserStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("user not found")]
+    NotFound,
+    #[error("a user with this email already exists")]
+    EmailTaken,
+    #[error("user database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("user database error")]
+    Database(#[source] sqlx::Error),
+    #[error("corrupt row in the user database: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Translates a database error at the store boundary: a unique violation
+    /// on the email index means the email is taken.
+    fn from_sqlx(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::EmailTaken,
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(error),
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+impl ServiceError for StoreError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            StoreError::NotFound => ErrorCode::NotFound,
+            StoreError::EmailTaken => ErrorCode::AlreadyExists,
+            StoreError::Unavailable(_) => ErrorCode::Unavailable,
+            StoreError::Database(_) | StoreError::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            StoreError::NotFound => "USER_NOT_FOUND",
+            StoreError::EmailTaken => "EMAIL_TAKEN",
+            StoreError::Unavailable(_) => "DATABASE_UNAVAILABLE",
+            StoreError::Database(_) | StoreError::Corrupt(_) => "DATABASE_ERROR",
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// `EmailTaken` if another user has the email.
+    async fn create_user(&self, user: &NewUser) -> StoreResult<()>;
+
+    async fn get_user(&self, id: UserId) -> StoreResult<User>;
+
+    /// Users in id order (creation order), after `after` when given.
+    async fn list_users(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>>;
+
+    /// Applies `patch` and sets `update_time`; returns the updated user.
+    async fn update_user(
+        &self,
+        id: UserId,
+        patch: &UserPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User>;
+
+    async fn find_credentials(&self, email: &Email) -> StoreResult<Option<Credentials>>;
+
+    async fn password_hash(&self, id: UserId) -> StoreResult<String>;
+
+    async fn set_password_hash(
+        &self,
+        id: UserId,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Atomically takes one login attempt for the account, counted as a
+    /// failure until [`UserStore::clear_login_failures`]; refused when the
+    /// window already holds `throttle.max_failures`.
+    async fn begin_login_attempt(
+        &self,
+        id: UserId,
+        throttle: LoginThrottle,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LoginAttempt>;
+
+    async fn clear_login_failures(&self, id: UserId) -> StoreResult<()>;
+
+    /// Deletes the user and records `job` in the purge outbox, in one
+    /// transaction. The job is claimed by the caller until `job_lease_until`.
+    async fn delete_user(
+        &self,
+        id: UserId,
+        job: &PurgeJob,
+        now: DateTime<Utc>,
+        job_lease_until: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Claims up to `limit` pending jobs that are due, so that no other
+    /// dispatcher (on any replica) takes them before `lease_until`.
+    async fn claim_due_purge_jobs(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<PurgeJob>>;
+
+    async fn complete_purge_job(
+        &self,
+        job_id: Uuid,
+        purged_entry_count: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Puts a claimed job back, due again at `next_attempt_at`.
+    async fn retry_purge_job(
+        &self,
+        job_id: Uuid,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()>;
+
+    /// Parks a job that cannot succeed by retrying, for an operator.
+    async fn fail_purge_job(&self, job_id: Uuid, error: &str, now: DateTime<Utc>) -> StoreResult<()>;
+
+    async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats>;
+
+    /// The page-token signing key shared by every replica on this database,
+    /// created with `candidate` if there is none yet.
+    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>>;
+}
+
+/// Opens (and migrates) the store a `HEFT_USERS_DATABASE_URL` names.
+pub async fn open(url: &str) -> anyhow::Result<Arc<dyn UserStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresUserStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteUserStore::connect(url).await?))
+    } else {
+        anyhow::bail!("unsupported database url: expected postgres:// or sqlite://")
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}

@@ -1,0 +1,392 @@
+//! PostgreSQL backend: the production store.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use uuid::Uuid;
+
+use super::{StoreError, StoreResult, UserStore, corrupt};
+use crate::domain::{
+    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeQueueStats, User,
+    UserId, UserName, UserPatch, WeightUnit,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users/postgres");
+
+#[derive(Debug, Clone)]
+pub struct PostgresUserStore {
+    pool: PgPool,
+}
+
+impl PostgresUserStore {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    email: String,
+    name: String,
+    weight_unit: i16,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+
+    fn try_from(row: UserRow) -> StoreResult<Self> {
+        Ok(User {
+            id: UserId(row.id),
+            email: Email::parse(&row.email).map_err(|_| corrupt("users.email"))?,
+            name: UserName::parse(&row.name).map_err(|_| corrupt("users.name"))?,
+            weight_unit: WeightUnit::from_code(row.weight_unit.into())
+                .ok_or_else(|| corrupt("users.weight_unit"))?,
+            create_time: row.create_time,
+            update_time: row.update_time,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialsRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    user_id: Uuid,
+    request_id: Option<String>,
+    attempts: i32,
+}
+
+impl From<JobRow> for PurgeJob {
+    fn from(row: JobRow) -> Self {
+        PurgeJob {
+            id: row.id,
+            user_id: UserId(row.user_id),
+            request_id: row.request_id,
+            attempts: row.attempts,
+        }
+    }
+}
+
+macro_rules! user_columns {
+    () => {
+        "id, email, name, weight_unit, create_time, update_time"
+    };
+}
+
+fn unit_code(unit: WeightUnit) -> i16 {
+    // Codes are 1 and 2.
+    unit.code() as i16
+}
+
+#[async_trait]
+impl UserStore for PostgresUserStore {
+    async fn create_user(&self, new: &NewUser) -> StoreResult<()> {
+        let user = &new.user;
+        sqlx::query(
+            "INSERT INTO users (id, email, name, password_hash, weight_unit, create_time, update_time)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(user.id.0)
+        .bind(user.email.as_str())
+        .bind(user.name.as_str())
+        .bind(&new.password_hash)
+        .bind(unit_code(user.weight_unit))
+        .bind(user.create_time)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn get_user(&self, id: UserId) -> StoreResult<User> {
+        sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?
+            .ok_or(StoreError::NotFound)?
+            .try_into()
+    }
+
+    async fn list_users(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>> {
+        sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2"))
+        .bind(after.map(|id| id.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .into_iter()
+        .map(User::try_from)
+        .collect()
+    }
+
+    async fn update_user(
+        &self,
+        id: UserId,
+        patch: &UserPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User> {
+        sqlx::query_as::<_, UserRow>(concat!("UPDATE users SET
+                email = COALESCE($2, email),
+                name = COALESCE($3, name),
+                weight_unit = COALESCE($4, weight_unit),
+                update_time = $5
+             WHERE id = $1
+             RETURNING ", user_columns!(), ""))
+        .bind(id.0)
+        .bind(patch.email.as_ref().map(Email::as_str))
+        .bind(patch.name.as_ref().map(UserName::as_str))
+        .bind(patch.weight_unit.map(unit_code))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
+    }
+
+    async fn find_credentials(&self, email: &Email) -> StoreResult<Option<Credentials>> {
+        sqlx::query_as::<_, CredentialsRow>(concat!("SELECT ", user_columns!(), ", password_hash FROM users WHERE lower(email) = $1"))
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .map(|row| {
+            Ok(Credentials {
+                user: row.user.try_into()?,
+                password_hash: row.password_hash,
+            })
+        })
+        .transpose()
+    }
+
+    async fn password_hash(&self, id: UserId) -> StoreResult<String> {
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn set_password_hash(
+        &self,
+        id: UserId,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let updated = sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
+            .bind(id.0)
+            .bind(password_hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn begin_login_attempt(
+        &self,
+        id: UserId,
+        throttle: LoginThrottle,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LoginAttempt> {
+        // One statement, so concurrent attempts serialise on the row: a new
+        // window starts when the old one is over, otherwise the count grows
+        // only while it is under the limit.
+        let taken: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO login_throttle AS t (user_id, window_start, failures) VALUES ($1, $2, 1)
+             ON CONFLICT (user_id) DO UPDATE SET
+                window_start = CASE WHEN t.window_start <= $3 THEN $2 ELSE t.window_start END,
+                failures = CASE WHEN t.window_start <= $3 THEN 1 ELSE t.failures + 1 END
+             WHERE t.window_start <= $3 OR t.failures < $4
+             RETURNING failures",
+        )
+        .bind(id.0)
+        .bind(now)
+        .bind(now - throttle.window)
+        .bind(i32::try_from(throttle.max_failures).unwrap_or(i32::MAX))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if taken.is_some() {
+            return Ok(LoginAttempt::Allowed);
+        }
+        let window_start: DateTime<Utc> =
+            sqlx::query_scalar("SELECT window_start FROM login_throttle WHERE user_id = $1")
+                .bind(id.0)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        Ok(LoginAttempt::Locked {
+            until: window_start + throttle.window,
+        })
+    }
+
+    async fn clear_login_failures(&self, id: UserId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_throttle WHERE user_id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn delete_user(
+        &self,
+        id: UserId,
+        job: &PurgeJob,
+        now: DateTime<Utc>,
+        job_lease_until: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO purge_jobs (id, user_id, request_id, state, attempts, next_attempt_at, created_at)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6)",
+        )
+        .bind(job.id)
+        .bind(job.user_id.0)
+        .bind(job.request_id.as_deref())
+        .bind(job.attempts)
+        .bind(job_lease_until)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)
+    }
+
+    async fn claim_due_purge_jobs(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<PurgeJob>> {
+        // SKIP LOCKED: replicas claiming at the same moment take disjoint
+        // jobs instead of queueing on each other's row locks. Moving
+        // next_attempt_at to the end of the lease keeps the job out of every
+        // other claim until then.
+        let rows = sqlx::query_as::<_, JobRow>(
+            "UPDATE purge_jobs SET next_attempt_at = $2, attempts = attempts + 1
+             WHERE id IN (
+                SELECT id FROM purge_jobs
+                WHERE state = 'pending' AND next_attempt_at <= $1
+                ORDER BY next_attempt_at
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+             RETURNING id, user_id, request_id, attempts",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(rows.into_iter().map(PurgeJob::from).collect())
+    }
+
+    async fn complete_purge_job(
+        &self,
+        job_id: Uuid,
+        purged_entry_count: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE purge_jobs SET state = 'done', completed_at = $2, purged_entry_count = $3, last_error = NULL
+             WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(now)
+        .bind(purged_entry_count)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn retry_purge_job(
+        &self,
+        job_id: Uuid,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE purge_jobs SET next_attempt_at = $2, last_error = $3 WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(job_id)
+        .bind(next_attempt_at)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn fail_purge_job(&self, job_id: Uuid, error: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE purge_jobs SET state = 'failed', last_error = $2, completed_at = $3 WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats> {
+        let (pending, failed, oldest_pending): (i64, i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'pending'),
+                    count(*) FILTER (WHERE state = 'failed'),
+                    min(created_at) FILTER (WHERE state = 'pending')
+             FROM purge_jobs WHERE state <> 'done'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(PurgeQueueStats {
+            pending,
+            failed,
+            oldest_pending,
+        })
+    }
+
+    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        sqlx::query("INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(candidate)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        sqlx::query_scalar("SELECT key FROM signing_keys WHERE name = 'page_token'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+}

@@ -1,0 +1,412 @@
+//! SQLite backend: the embedded default. One writer at a time (WAL mode),
+//! instants as integer microseconds.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use heft_service::time::{from_micros, to_micros};
+use sqlx::{
+    SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use uuid::Uuid;
+
+use super::{StoreError, StoreResult, UserStore, corrupt};
+use crate::domain::{
+    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeQueueStats, User,
+    UserId, UserName, UserPatch, WeightUnit,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users/sqlite");
+
+#[derive(Debug, Clone)]
+pub struct SqliteUserStore {
+    pool: SqlitePool,
+}
+
+impl SqliteUserStore {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options: SqliteConnectOptions = url.parse()?;
+        if let Some(dir) = options.get_filename().parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    email: String,
+    name: String,
+    weight_unit: i64,
+    create_time: i64,
+    update_time: i64,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+
+    fn try_from(row: UserRow) -> StoreResult<Self> {
+        Ok(User {
+            id: UserId(row.id),
+            email: Email::parse(&row.email).map_err(|_| corrupt("users.email"))?,
+            name: UserName::parse(&row.name).map_err(|_| corrupt("users.name"))?,
+            weight_unit: i32::try_from(row.weight_unit)
+                .ok()
+                .and_then(WeightUnit::from_code)
+                .ok_or_else(|| corrupt("users.weight_unit"))?,
+            create_time: from_micros(row.create_time),
+            update_time: from_micros(row.update_time),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialsRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    user_id: Uuid,
+    request_id: Option<String>,
+    attempts: i32,
+}
+
+impl From<JobRow> for PurgeJob {
+    fn from(row: JobRow) -> Self {
+        PurgeJob {
+            id: row.id,
+            user_id: UserId(row.user_id),
+            request_id: row.request_id,
+            attempts: row.attempts,
+        }
+    }
+}
+
+macro_rules! user_columns {
+    () => {
+        "id, email, name, weight_unit, create_time, update_time"
+    };
+}
+
+fn unit_code(unit: WeightUnit) -> i64 {
+    unit.code().into()
+}
+
+#[async_trait]
+impl UserStore for SqliteUserStore {
+    async fn create_user(&self, new: &NewUser) -> StoreResult<()> {
+        let user = &new.user;
+        sqlx::query(
+            "INSERT INTO users (id, email, name, password_hash, weight_unit, create_time, update_time)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(user.id.0)
+        .bind(user.email.as_str())
+        .bind(user.name.as_str())
+        .bind(&new.password_hash)
+        .bind(unit_code(user.weight_unit))
+        .bind(to_micros(user.create_time))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn get_user(&self, id: UserId) -> StoreResult<User> {
+        sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?
+            .ok_or(StoreError::NotFound)?
+            .try_into()
+    }
+
+    async fn list_users(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>> {
+        sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2"))
+        .bind(after.map(|id| id.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .into_iter()
+        .map(User::try_from)
+        .collect()
+    }
+
+    async fn update_user(
+        &self,
+        id: UserId,
+        patch: &UserPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User> {
+        sqlx::query_as::<_, UserRow>(concat!("UPDATE users SET
+                email = COALESCE($2, email),
+                name = COALESCE($3, name),
+                weight_unit = COALESCE($4, weight_unit),
+                update_time = $5
+             WHERE id = $1
+             RETURNING ", user_columns!(), ""))
+        .bind(id.0)
+        .bind(patch.email.as_ref().map(Email::as_str))
+        .bind(patch.name.as_ref().map(UserName::as_str))
+        .bind(patch.weight_unit.map(unit_code))
+        .bind(to_micros(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
+    }
+
+    async fn find_credentials(&self, email: &Email) -> StoreResult<Option<Credentials>> {
+        sqlx::query_as::<_, CredentialsRow>(concat!("SELECT ", user_columns!(), ", password_hash FROM users WHERE email = $1 COLLATE NOCASE"))
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .map(|row| {
+            Ok(Credentials {
+                user: row.user.try_into()?,
+                password_hash: row.password_hash,
+            })
+        })
+        .transpose()
+    }
+
+    async fn password_hash(&self, id: UserId) -> StoreResult<String> {
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn set_password_hash(
+        &self,
+        id: UserId,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let updated = sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
+            .bind(id.0)
+            .bind(password_hash)
+            .bind(to_micros(now))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn begin_login_attempt(
+        &self,
+        id: UserId,
+        throttle: LoginThrottle,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LoginAttempt> {
+        // One statement, so concurrent attempts serialise on the row: a new
+        // window starts when the old one is over, otherwise the count grows
+        // only while it is under the limit.
+        let taken: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO login_throttle AS t (user_id, window_start, failures) VALUES ($1, $2, 1)
+             ON CONFLICT (user_id) DO UPDATE SET
+                window_start = CASE WHEN t.window_start <= $3 THEN $2 ELSE t.window_start END,
+                failures = CASE WHEN t.window_start <= $3 THEN 1 ELSE t.failures + 1 END
+             WHERE t.window_start <= $3 OR t.failures < $4
+             RETURNING failures",
+        )
+        .bind(id.0)
+        .bind(to_micros(now))
+        .bind(to_micros(now - throttle.window))
+        .bind(i32::try_from(throttle.max_failures).unwrap_or(i32::MAX))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if taken.is_some() {
+            return Ok(LoginAttempt::Allowed);
+        }
+        let window_start: i64 =
+            sqlx::query_scalar("SELECT window_start FROM login_throttle WHERE user_id = $1")
+                .bind(id.0)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        Ok(LoginAttempt::Locked {
+            until: from_micros(window_start) + throttle.window,
+        })
+    }
+
+    async fn clear_login_failures(&self, id: UserId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_throttle WHERE user_id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn delete_user(
+        &self,
+        id: UserId,
+        job: &PurgeJob,
+        now: DateTime<Utc>,
+        job_lease_until: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        // IMMEDIATE takes the write lock up front, so the transaction cannot
+        // fail half-way on a lock upgrade.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO purge_jobs (id, user_id, request_id, state, attempts, next_attempt_at, created_at)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6)",
+        )
+        .bind(job.id)
+        .bind(job.user_id.0)
+        .bind(job.request_id.as_deref())
+        .bind(job.attempts)
+        .bind(to_micros(job_lease_until))
+        .bind(to_micros(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)
+    }
+
+    async fn claim_due_purge_jobs(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<PurgeJob>> {
+        // One statement under SQLite's single writer lock: concurrent claims
+        // cannot take the same job. Moving next_attempt_at to the end of the
+        // lease keeps the job out of every other claim until then.
+        let rows = sqlx::query_as::<_, JobRow>(
+            "UPDATE purge_jobs SET next_attempt_at = $2, attempts = attempts + 1
+             WHERE id IN (
+                SELECT id FROM purge_jobs
+                WHERE state = 'pending' AND next_attempt_at <= $1
+                ORDER BY next_attempt_at
+                LIMIT $3)
+             RETURNING id, user_id, request_id, attempts",
+        )
+        .bind(to_micros(now))
+        .bind(to_micros(lease_until))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(rows.into_iter().map(PurgeJob::from).collect())
+    }
+
+    async fn complete_purge_job(
+        &self,
+        job_id: Uuid,
+        purged_entry_count: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE purge_jobs SET state = 'done', completed_at = $2, purged_entry_count = $3, last_error = NULL
+             WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(to_micros(now))
+        .bind(purged_entry_count)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn retry_purge_job(
+        &self,
+        job_id: Uuid,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE purge_jobs SET next_attempt_at = $2, last_error = $3 WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(job_id)
+        .bind(to_micros(next_attempt_at))
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn fail_purge_job(&self, job_id: Uuid, error: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE purge_jobs SET state = 'failed', last_error = $2, completed_at = $3 WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(error)
+        .bind(to_micros(now))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(())
+    }
+
+    async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats> {
+        let (pending, failed, oldest_pending): (i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'pending'),
+                    count(*) FILTER (WHERE state = 'failed'),
+                    min(created_at) FILTER (WHERE state = 'pending')
+             FROM purge_jobs WHERE state <> 'done'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(PurgeQueueStats {
+            pending,
+            failed,
+            oldest_pending: oldest_pending.map(from_micros),
+        })
+    }
+
+    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        sqlx::query("INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(candidate)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        sqlx::query_scalar("SELECT key FROM signing_keys WHERE name = 'page_token'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+}
