@@ -1,1 +1,138 @@
+//! Fresh databases for heft's tests: a SQLite file in a temporary directory,
+//! or a new PostgreSQL database on the server `HEFT_TEST_POSTGRES_URL` names.
+//!
+//! Without `HEFT_TEST_POSTGRES_URL` the PostgreSQL variants are skipped with a
+//! note, except under `CI=true`, where they fail: CI never skips silently.
+#![forbid(unsafe_code)]
 
+use sqlx::{Connection, PgConnection};
+
+pub const POSTGRES_URL_VAR: &str = "HEFT_TEST_POSTGRES_URL";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database that exists for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// A fresh, empty database, or `None` when PostgreSQL is not configured
+    /// outside CI.
+    pub async fn fresh(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => Some(Self::sqlite()),
+            Backend::Postgres => Self::postgres().await,
+        }
+    }
+
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("heft.db").display());
+        Self {
+            url,
+            backend: Backend::Sqlite,
+            _dir: Some(dir),
+        }
+    }
+
+    pub async fn postgres() -> Option<Self> {
+        let Some(admin_url) = postgres_url() else {
+            eprintln!("note: {POSTGRES_URL_VAR} is not set; skipping the PostgreSQL variant");
+            return None;
+        };
+        let name = format!("heft_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_URL_VAR}: {e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        Some(Self {
+            url: with_database(&admin_url, &name),
+            backend: Backend::Postgres,
+            _dir: None,
+        })
+    }
+}
+
+/// The PostgreSQL server for tests; panics under `CI=true` when unset.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{POSTGRES_URL_VAR} must be set under CI=true: PostgreSQL tests never skip in CI")
+        }
+        _ => None,
+    }
+}
+
+/// `url` with its database name replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|i| start + i))
+        .unwrap_or(base.len());
+    let mut result = format!("{}/{database}", &base[..authority_end]);
+    if let Some(query) = query {
+        result.push('?');
+        result.push_str(query);
+    }
+    result
+}
+
+/// Declares one `#[tokio::test]` per backend for an `async fn(TestDatabase)`:
+/// `backend_tests!(my_test);` makes `my_test::sqlite` and `my_test::postgres`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    if let Some(db) = $crate::TestDatabase::fresh($crate::Backend::Sqlite).await {
+                        super::$name(db).await;
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    if let Some(db) = $crate::TestDatabase::fresh($crate::Backend::Postgres).await {
+                        super::$name(db).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u:p@127.0.0.1:5432/postgres", "t1"),
+            "postgres://u:p@127.0.0.1:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://127.0.0.1/postgres?sslmode=disable", "t1"),
+            "postgres://127.0.0.1/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://127.0.0.1", "t1"), "postgres://127.0.0.1/t1");
+    }
+}

@@ -1,0 +1,253 @@
+//! One contract for every `UserStore` backend, run against SQLite and PostgreSQL.
+
+use std::{collections::HashSet, sync::Arc};
+
+use chrono::Duration;
+use heft_service::time;
+use heft_test_support::{TestDatabase, backend_tests};
+use heft_users::{
+    domain::{
+        Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, User, UserId, UserName, UserPatch,
+        WeightUnit,
+    },
+    store::{self, StoreError, UserStore},
+};
+use uuid::Uuid;
+
+async fn open(db: &TestDatabase) -> Arc<dyn UserStore> {
+    store::open(&db.url).await.expect("open store")
+}
+
+fn new_user(email: &str) -> NewUser {
+    let now = time::now();
+    NewUser {
+        user: User {
+            id: UserId::generate(),
+            email: Email::parse(email).expect("email"),
+            name: UserName::parse("Test User").expect("name"),
+            weight_unit: WeightUnit::Kilograms,
+            create_time: now,
+            update_time: now,
+        },
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".to_owned(),
+    }
+}
+
+fn job_for(user_id: UserId) -> PurgeJob {
+    PurgeJob {
+        id: Uuid::now_v7(),
+        user_id,
+        request_id: Some("req-1".to_owned()),
+        attempts: 1,
+    }
+}
+
+backend_tests!(
+    creates_reads_and_lists_users,
+    emails_are_unique_even_under_concurrent_creates,
+    updates_apply_only_the_patch,
+    login_attempts_are_limited_atomically,
+    delete_records_a_purge_job_in_the_same_transaction,
+    purge_jobs_are_claimed_once_and_settled,
+    page_token_key_is_shared_by_every_opener,
+);
+
+async fn creates_reads_and_lists_users(db: TestDatabase) {
+    let store = open(&db).await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let user = new_user(&format!("user{i}@example.com"));
+        store.create_user(&user).await.expect("create");
+        created.push(user.user);
+    }
+    let read = store.get_user(created[2].id).await.expect("get");
+    assert_eq!(read, created[2]);
+    assert!(matches!(store.get_user(UserId::generate()).await, Err(StoreError::NotFound)));
+
+    let first = store.list_users(None, 3).await.expect("page 1");
+    let rest = store
+        .list_users(Some(first[2].id), 3)
+        .await
+        .expect("page 2");
+    let listed: Vec<_> = first.iter().chain(&rest).map(|u| u.id).collect();
+    assert_eq!(listed, created.iter().map(|u| u.id).collect::<Vec<_>>());
+
+    let credentials = store
+        .find_credentials(&Email::parse("USER3@example.com").expect("email"))
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(credentials.user.id, created[3].id);
+    assert!(credentials.password_hash.starts_with("$argon2id$"));
+}
+
+async fn emails_are_unique_even_under_concurrent_creates(db: TestDatabase) {
+    let store = open(&db).await;
+    let attempts = (0..8).map(|_| {
+        let store = store.clone();
+        async move { store.create_user(&new_user("same@example.com")).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, StoreError::EmailTaken)),
+        "{results:?}"
+    );
+    assert_eq!(store.list_users(None, 100).await.expect("list").len(), 1);
+}
+
+async fn updates_apply_only_the_patch(db: TestDatabase) {
+    let store = open(&db).await;
+    let ada = new_user("ada@example.com");
+    let bob = new_user("bob@example.com");
+    store.create_user(&ada).await.expect("create");
+    store.create_user(&bob).await.expect("create");
+
+    let later = time::now() + Duration::seconds(1);
+    let patch = UserPatch {
+        name: Some(UserName::parse("Ada L.").expect("name")),
+        weight_unit: Some(WeightUnit::Pounds),
+        ..UserPatch::default()
+    };
+    let updated = store.update_user(ada.user.id, &patch, later).await.expect("update");
+    assert_eq!(updated.name.as_str(), "Ada L.");
+    assert_eq!(updated.weight_unit, WeightUnit::Pounds);
+    assert_eq!(updated.email, ada.user.email);
+    assert_eq!(updated.create_time, ada.user.create_time);
+    assert_eq!(updated.update_time, later);
+
+    let steal = UserPatch {
+        email: Some(Email::parse("bob@example.com").expect("email")),
+        ..UserPatch::default()
+    };
+    assert!(matches!(
+        store.update_user(ada.user.id, &steal, later).await,
+        Err(StoreError::EmailTaken)
+    ));
+    assert!(matches!(
+        store.update_user(UserId::generate(), &patch, later).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn login_attempts_are_limited_atomically(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user("guess@example.com");
+    store.create_user(&user).await.expect("create");
+    let id = user.user.id;
+    let throttle = LoginThrottle::default();
+    let now = time::now();
+
+    let attempts = (0..50).map(|_| {
+        let store = store.clone();
+        async move { store.begin_login_attempt(id, throttle, now).await.expect("attempt") }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let allowed = results.iter().filter(|r| **r == LoginAttempt::Allowed).count();
+    assert_eq!(allowed, 10, "{results:?}");
+    assert!(results.contains(&LoginAttempt::Locked {
+        until: now + throttle.window
+    }));
+
+    let after_window = now + throttle.window + Duration::seconds(1);
+    assert_eq!(
+        store.begin_login_attempt(id, throttle, after_window).await.expect("attempt"),
+        LoginAttempt::Allowed
+    );
+    store.clear_login_failures(id).await.expect("clear");
+    for _ in 0..10 {
+        assert_eq!(
+            store.begin_login_attempt(id, throttle, after_window).await.expect("attempt"),
+            LoginAttempt::Allowed
+        );
+    }
+}
+
+async fn delete_records_a_purge_job_in_the_same_transaction(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user("gone@example.com");
+    store.create_user(&user).await.expect("create");
+    let id = user.user.id;
+    let now = time::now();
+
+    store
+        .delete_user(id, &job_for(id), now, now)
+        .await
+        .expect("delete");
+    assert!(matches!(store.get_user(id).await, Err(StoreError::NotFound)));
+    let stats = store.purge_queue_stats().await.expect("stats");
+    assert_eq!(stats.pending, 1);
+    assert_eq!(stats.oldest_pending, Some(now));
+
+    // A second delete finds nothing and records no job.
+    assert!(matches!(
+        store.delete_user(id, &job_for(id), now, now).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.purge_queue_stats().await.expect("stats").pending, 1);
+
+    // The email is free again.
+    store
+        .create_user(&new_user("gone@example.com"))
+        .await
+        .expect("re-register");
+}
+
+async fn purge_jobs_are_claimed_once_and_settled(db: TestDatabase) {
+    let store = open(&db).await;
+    let now = time::now();
+    let mut jobs = HashSet::new();
+    for i in 0..6 {
+        let user = new_user(&format!("p{i}@example.com"));
+        store.create_user(&user).await.expect("create");
+        let job = job_for(user.user.id);
+        jobs.insert(job.id);
+        // Leased by DeleteUser until `now`: due right away.
+        store.delete_user(user.user.id, &job, now, now).await.expect("delete");
+    }
+
+    let lease = now + Duration::seconds(90);
+    let claims = (0..4).map(|_| {
+        let store = store.clone();
+        async move { store.claim_due_purge_jobs(now, lease, 2).await.expect("claim") }
+    });
+    let claimed: Vec<PurgeJob> = futures::future::join_all(claims).await.into_iter().flatten().collect();
+    let ids: HashSet<_> = claimed.iter().map(|j| j.id).collect();
+    assert_eq!(claimed.len(), 6, "every job claimed exactly once: {claimed:?}");
+    assert_eq!(ids, jobs);
+    assert!(claimed.iter().all(|j| j.attempts == 2 && j.request_id.as_deref() == Some("req-1")));
+    assert!(store.claim_due_purge_jobs(now, lease, 10).await.expect("claim").is_empty());
+
+    // Settle: one done, one retried soon, one failed; the rest come back after the lease.
+    store.complete_purge_job(claimed[0].id, 3, now).await.expect("complete");
+    store
+        .retry_purge_job(claimed[1].id, now + Duration::seconds(5), "Unavailable: down")
+        .await
+        .expect("retry");
+    store.fail_purge_job(claimed[2].id, "PermissionDenied", now).await.expect("fail");
+
+    let soon = store
+        .claim_due_purge_jobs(now + Duration::seconds(6), now + Duration::seconds(1000), 10)
+        .await
+        .expect("claim");
+    assert_eq!(soon.iter().map(|j| j.id).collect::<Vec<_>>(), [claimed[1].id]);
+    let after_lease = store
+        .claim_due_purge_jobs(lease + Duration::seconds(1), lease + Duration::seconds(90), 10)
+        .await
+        .expect("claim");
+    assert_eq!(after_lease.len(), 3, "the three unsettled jobs: {after_lease:?}");
+
+    let stats = store.purge_queue_stats().await.expect("stats");
+    assert_eq!((stats.pending, stats.failed), (4, 1));
+}
+
+async fn page_token_key_is_shared_by_every_opener(db: TestDatabase) {
+    let first = open(&db).await;
+    let second = open(&db).await;
+    let key = first.page_token_key(&[1; 32]).await.expect("key");
+    assert_eq!(key, vec![1; 32]);
+    assert_eq!(second.page_token_key(&[2; 32]).await.expect("key"), key);
+}
