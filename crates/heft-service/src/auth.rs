@@ -142,10 +142,9 @@ impl Tokens {
             .internal
             .map(|internal| bool::from(internal.ct_eq(&presented)))
             .unwrap_or(false);
-        let is_api = self
-            .api
-            .iter()
-            .fold(subtle::Choice::from(0), |found, api| found | api.ct_eq(&presented));
+        let is_api = self.api.iter().fold(subtle::Choice::from(0), |found, api| {
+            found | api.ct_eq(&presented)
+        });
         if is_internal {
             Ok(Caller::Internal)
         } else if bool::from(is_api) {
@@ -176,17 +175,32 @@ mod tests {
     #[test]
     fn accepts_each_configured_token_with_its_role() {
         let tokens = tokens();
-        assert_eq!(tokens.authenticate(Some(b"Bearer api-two")), Ok(Caller::Api));
-        assert_eq!(tokens.authenticate(Some(b"bearer internal")), Ok(Caller::Internal));
+        assert_eq!(
+            tokens.authenticate(Some(b"Bearer api-two")),
+            Ok(Caller::Api)
+        );
+        assert_eq!(
+            tokens.authenticate(Some(b"bearer internal")),
+            Ok(Caller::Internal)
+        );
     }
 
     #[test]
     fn rejects_missing_malformed_and_unknown_tokens() {
         let tokens = tokens();
         assert_eq!(tokens.authenticate(None), Err(AuthError::Missing));
-        assert_eq!(tokens.authenticate(Some(b"api-one")), Err(AuthError::Invalid));
-        assert_eq!(tokens.authenticate(Some(b"Basic api-one")), Err(AuthError::Invalid));
-        assert_eq!(tokens.authenticate(Some(b"Bearer api-on")), Err(AuthError::Invalid));
+        assert_eq!(
+            tokens.authenticate(Some(b"api-one")),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            tokens.authenticate(Some(b"Basic api-one")),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            tokens.authenticate(Some(b"Bearer api-on")),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]

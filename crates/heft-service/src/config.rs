@@ -12,7 +12,12 @@ use crate::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// API bearer tokens, comma-separated. Unset: the service runs open (development only).
-    #[arg(long, env = "HEFT_API_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HEFT_API_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_tokens: Vec<Secret>,
 
     /// Token the two heft services use to call each other.

@@ -49,7 +49,10 @@ pub fn resolve(
         } else {
             violations.add(
                 "update_mask",
-                format!("unknown field `{path}`; mutable fields are: {}", mutable.join(", ")),
+                format!(
+                    "unknown field `{path}`; mutable fields are: {}",
+                    mutable.join(", ")
+                ),
             );
         }
     }
@@ -70,7 +73,10 @@ mod tests {
     #[test]
     fn resolves_named_star_and_absent_masks() {
         let mutable = &["name", "email"];
-        assert_eq!(resolve(None, mutable, &[]).expect("ok"), UpdateFields::Populated);
+        assert_eq!(
+            resolve(None, mutable, &[]).expect("ok"),
+            UpdateFields::Populated
+        );
         assert_eq!(
             resolve(Some(&mask(&["email"])), mutable, &[]).expect("ok"),
             UpdateFields::Named(vec!["email"])
@@ -83,8 +89,12 @@ mod tests {
 
     #[test]
     fn names_every_unknown_and_immutable_path() {
-        let error = resolve(Some(&mask(&["id", "name", "shoe_size"])), &["name"], &["id"])
-            .expect_err("invalid");
+        let error = resolve(
+            Some(&mask(&["id", "name", "shoe_size"])),
+            &["name"],
+            &["id"],
+        )
+        .expect_err("invalid");
         assert_eq!(error.0.len(), 2);
         assert!(error.0.iter().all(|v| v.field == "update_mask"));
     }

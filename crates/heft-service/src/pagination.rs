@@ -29,10 +29,7 @@ pub const KEY_LEN: usize = 32;
 pub fn page_size(requested: i32, default: u32, max: u32) -> Result<u32, InvalidRequest> {
     match requested {
         0 => Ok(default),
-        n if n < 0 => Err(InvalidRequest::single(
-            "page_size",
-            "must not be negative",
-        )),
+        n if n < 0 => Err(InvalidRequest::single("page_size", "must not be negative")),
         n => Ok(u32::try_from(n).map_or(max, |n| n.min(max))),
     }
 }
@@ -137,7 +134,8 @@ impl PageTokens {
 }
 
 fn fingerprint(filter: &impl Serialize) -> String {
-    let json = serde_json::to_vec(filter).unwrap_or_else(|_| unreachable!("filters are plain data"));
+    let json =
+        serde_json::to_vec(filter).unwrap_or_else(|_| unreachable!("filters are plain data"));
     let digest = Sha256::digest(json);
     URL_SAFE_NO_PAD.encode(&digest[..16])
 }
@@ -161,7 +159,10 @@ mod tests {
     fn another_replica_with_the_same_key_accepts_the_token() {
         let token = codec().encode("users", &(), 7_u64);
         let other = PageTokens::new(codec().key.clone());
-        assert_eq!(other.decode::<u64>("users", &(), &token).expect("valid"), Some(7));
+        assert_eq!(
+            other.decode::<u64>("users", &(), &token).expect("valid"),
+            Some(7)
+        );
     }
 
     #[test]
@@ -181,10 +182,22 @@ mod tests {
     #[test]
     fn rejects_tokens_of_other_filters_scopes_and_keys() {
         let token = codec().encode("entries", &("user-a",), 1_u64);
-        assert!(codec().decode::<u64>("entries", &("user-b",), &token).is_err());
-        assert!(codec().decode::<u64>("users", &("user-a",), &token).is_err());
+        assert!(
+            codec()
+                .decode::<u64>("entries", &("user-b",), &token)
+                .is_err()
+        );
+        assert!(
+            codec()
+                .decode::<u64>("users", &("user-a",), &token)
+                .is_err()
+        );
         let other_key = PageTokens::new(vec![9; KEY_LEN]);
-        assert!(other_key.decode::<u64>("entries", &("user-a",), &token).is_err());
+        assert!(
+            other_key
+                .decode::<u64>("entries", &("user-a",), &token)
+                .is_err()
+        );
     }
 
     #[test]

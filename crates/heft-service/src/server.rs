@@ -77,7 +77,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     for name in ["", service_name] {
-        health.set_service_status(name, ServingStatus::Serving).await;
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
     }
     tracing::info!(%address, service = service_name, "serving");
 
@@ -201,7 +203,8 @@ pub async fn healthcheck(url: &str, tls: Option<ClientTlsConfig>) -> anyhow::Res
     });
     request.set_timeout(Duration::from_secs(3));
     let response = client.check(request).await?;
-    Ok(response.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    Ok(response.into_inner().status
+        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
 }
 
 /// The http(s) URL to reach a listener at `address` from this machine.

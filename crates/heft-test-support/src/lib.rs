@@ -5,7 +5,11 @@
 //! note, except under `CI=true`, where they fail: CI never skips silently.
 #![forbid(unsafe_code)]
 
+use std::{future::Future, net::SocketAddr};
+
+use futures::future::BoxFuture;
 use sqlx::{Connection, PgConnection};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 pub const POSTGRES_URL_VAR: &str = "HEFT_TEST_POSTGRES_URL";
 
@@ -69,7 +73,9 @@ pub fn postgres_url() -> Option<String> {
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{POSTGRES_URL_VAR} must be set under CI=true: PostgreSQL tests never skip in CI")
+            panic!(
+                "{POSTGRES_URL_VAR} must be set under CI=true: PostgreSQL tests never skip in CI"
+            )
         }
         _ => None,
     }
@@ -92,6 +98,65 @@ fn with_database(url: &str, database: &str) -> String {
         result.push_str(query);
     }
     result
+}
+
+/// A service running in this process on a port of its own, as its binary
+/// would run it, until [`RunningService::stop`].
+#[derive(Debug)]
+pub struct RunningService {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningService {
+    /// Binds port 0 and runs `serve(listener, shutdown)` on its own task.
+    pub async fn start<F, Fut>(serve: F) -> Self
+    where
+        F: FnOnce(TcpListener, BoxFuture<'static, ()>) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self::start_on("127.0.0.1:0", serve).await
+    }
+
+    /// Like [`RunningService::start`], on a given address (to restart a
+    /// service where its clients expect it).
+    pub async fn start_on<F, Fut>(addr: &str, serve: F) -> Self
+    where
+        F: FnOnce(TcpListener, BoxFuture<'static, ()>) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.expect("bind test listener");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown: BoxFuture<'static, ()> = Box::pin(async move {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(serve(listener, shutdown));
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful shutdown; returns what the service returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Declares one `#[tokio::test]` per backend for an `async fn(TestDatabase)`:
@@ -133,6 +198,9 @@ mod tests {
             with_database("postgres://127.0.0.1/postgres?sslmode=disable", "t1"),
             "postgres://127.0.0.1/t1?sslmode=disable"
         );
-        assert_eq!(with_database("postgres://127.0.0.1", "t1"), "postgres://127.0.0.1/t1");
+        assert_eq!(
+            with_database("postgres://127.0.0.1", "t1"),
+            "postgres://127.0.0.1/t1"
+        );
     }
 }

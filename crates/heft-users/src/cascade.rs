@@ -177,7 +177,9 @@ impl Cascade {
                     "purge refused by the entries service; job parked as failed for an operator \
                      (requeue: UPDATE purge_jobs SET state = 'pending' WHERE id = ...)"
                 );
-                self.store.fail_purge_job(job_id, &describe(&status), now).await
+                self.store
+                    .fail_purge_job(job_id, &describe(&status), now)
+                    .await
             }
         };
         if let Err(error) = settled {
@@ -189,7 +191,9 @@ impl Cascade {
     /// Capped exponential backoff with jitter: half fixed, half random, so
     /// that replicas retrying the same outage spread out.
     fn backoff(&self, attempts: i32) -> Duration {
-        let exponent = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(20);
+        let exponent = u32::try_from(attempts.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
         let max = self.args.purge_retry_max_ms.max(1);
         let delay = self
             .args
@@ -204,7 +208,8 @@ impl Cascade {
     /// finished first (each delivery has a deadline), so stopping loses nothing.
     pub async fn run_dispatcher(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.args.purge_poll_ms.max(10));
-        let mut stats = tokio::time::interval(Duration::from_secs(self.args.purge_stats_secs.max(1)));
+        let mut stats =
+            tokio::time::interval(Duration::from_secs(self.args.purge_stats_secs.max(1)));
         info!("purge dispatcher started");
         loop {
             tokio::select! {
@@ -225,7 +230,11 @@ impl Cascade {
         loop {
             let now = time::now();
             let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
-            let jobs = match self.store.claim_due_purge_jobs(now, lease_until, BATCH).await {
+            let jobs = match self
+                .store
+                .claim_due_purge_jobs(now, lease_until, BATCH)
+                .await
+            {
                 Ok(jobs) => jobs,
                 Err(error) => {
                     warn!(error = %heft_service::error::DisplayChain(&error), "cannot claim purge jobs");
@@ -234,7 +243,10 @@ impl Cascade {
             };
             let claimed = jobs.len();
             futures::future::join_all(jobs.iter().map(|job| {
-                let span = info_span!("purge", request_id = job.request_id.as_deref().unwrap_or(""));
+                let span = info_span!(
+                    "purge",
+                    request_id = job.request_id.as_deref().unwrap_or("")
+                );
                 async move {
                     let delivery = self.deliver(job, DISPATCH_DEADLINE).await;
                     self.settle(job, delivery).await;
@@ -256,12 +268,24 @@ impl Cascade {
                     .map(|oldest: DateTime<Utc>| (Utc::now() - oldest).num_seconds())
                     .unwrap_or(0);
                 if stats.pending > 0 || stats.failed > 0 {
-                    warn!(pending = stats.pending, failed = stats.failed, oldest_pending_age_secs, "purge queue");
+                    warn!(
+                        pending = stats.pending,
+                        failed = stats.failed,
+                        oldest_pending_age_secs,
+                        "purge queue"
+                    );
                 } else {
-                    info!(pending = 0, failed = 0, oldest_pending_age_secs, "purge queue");
+                    info!(
+                        pending = 0,
+                        failed = 0,
+                        oldest_pending_age_secs,
+                        "purge queue"
+                    );
                 }
             }
-            Err(error) => warn!(error = %heft_service::error::DisplayChain(&error), "cannot read purge queue"),
+            Err(error) => {
+                warn!(error = %heft_service::error::DisplayChain(&error), "cannot read purge queue")
+            }
         }
     }
 }

@@ -42,10 +42,19 @@ pub struct Config {
     #[arg(long, env = "HEFT_USERS_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// sqlite://path or postgres://user:password@host/database.
-    #[arg(long, env = "HEFT_USERS_DATABASE_URL", default_value = "sqlite://data/users.db", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HEFT_USERS_DATABASE_URL",
+        default_value = "sqlite://data/users.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Where the entries service listens (for the cascade).
-    #[arg(long, env = "HEFT_ENTRIES_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "HEFT_ENTRIES_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub entries_url: String,
     #[command(flatten)]
     pub common: CommonArgs,

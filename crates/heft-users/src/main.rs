@@ -21,7 +21,9 @@ async fn main() -> ExitCode {
             }
         };
     }
-    if let Err(error) = heft_service::telemetry::init(&cli.config.common.log, cli.config.common.log_format) {
+    if let Err(error) =
+        heft_service::telemetry::init(&cli.config.common.log, cli.config.common.log_format)
+    {
         eprintln!("{error:#}");
         return ExitCode::FAILURE;
     }

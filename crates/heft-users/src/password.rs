@@ -97,7 +97,11 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Closed)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashError::Closed)?;
         Ok(tokio::task::spawn_blocking(work).await?)
     }
 
@@ -179,10 +183,19 @@ mod tests {
         let hasher = PasswordHasher::new(&args(19_456)).expect("hasher");
         let password = Password::parse("correct horse").expect("valid");
         let hash = hasher.hash(&password).await.expect("hash");
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
 
         let ok = hasher.verify(&password, &hash).await.expect("verify");
-        assert_eq!(ok, Verification { matches: true, needs_rehash: false });
+        assert_eq!(
+            ok,
+            Verification {
+                matches: true,
+                needs_rehash: false
+            }
+        );
         let wrong = Password::parse("wrong horse").expect("valid");
         assert!(!hasher.verify(&wrong, &hash).await.expect("verify").matches);
     }
@@ -194,6 +207,12 @@ mod tests {
         let password = Password::parse("correct horse").expect("valid");
         let weak_hash = weak.hash(&password).await.expect("hash");
         let verification = strong.verify(&password, &weak_hash).await.expect("verify");
-        assert_eq!(verification, Verification { matches: true, needs_rehash: true });
+        assert_eq!(
+            verification,
+            Verification {
+                matches: true,
+                needs_rehash: true
+            }
+        );
     }
 }

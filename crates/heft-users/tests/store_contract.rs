@@ -62,7 +62,10 @@ async fn creates_reads_and_lists_users(db: TestDatabase) {
     }
     let read = store.get_user(created[2].id).await.expect("get");
     assert_eq!(read, created[2]);
-    assert!(matches!(store.get_user(UserId::generate()).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_user(UserId::generate()).await,
+        Err(StoreError::NotFound)
+    ));
 
     let first = store.list_users(None, 3).await.expect("page 1");
     let rest = store
@@ -112,7 +115,10 @@ async fn updates_apply_only_the_patch(db: TestDatabase) {
         weight_unit: Some(WeightUnit::Pounds),
         ..UserPatch::default()
     };
-    let updated = store.update_user(ada.user.id, &patch, later).await.expect("update");
+    let updated = store
+        .update_user(ada.user.id, &patch, later)
+        .await
+        .expect("update");
     assert_eq!(updated.name.as_str(), "Ada L.");
     assert_eq!(updated.weight_unit, WeightUnit::Pounds);
     assert_eq!(updated.email, ada.user.email);
@@ -143,10 +149,18 @@ async fn login_attempts_are_limited_atomically(db: TestDatabase) {
 
     let attempts = (0..50).map(|_| {
         let store = store.clone();
-        async move { store.begin_login_attempt(id, throttle, now).await.expect("attempt") }
+        async move {
+            store
+                .begin_login_attempt(id, throttle, now)
+                .await
+                .expect("attempt")
+        }
     });
     let results = futures::future::join_all(attempts).await;
-    let allowed = results.iter().filter(|r| **r == LoginAttempt::Allowed).count();
+    let allowed = results
+        .iter()
+        .filter(|r| **r == LoginAttempt::Allowed)
+        .count();
     assert_eq!(allowed, 10, "{results:?}");
     assert!(results.contains(&LoginAttempt::Locked {
         until: now + throttle.window
@@ -154,13 +168,19 @@ async fn login_attempts_are_limited_atomically(db: TestDatabase) {
 
     let after_window = now + throttle.window + Duration::seconds(1);
     assert_eq!(
-        store.begin_login_attempt(id, throttle, after_window).await.expect("attempt"),
+        store
+            .begin_login_attempt(id, throttle, after_window)
+            .await
+            .expect("attempt"),
         LoginAttempt::Allowed
     );
     store.clear_login_failures(id).await.expect("clear");
     for _ in 0..10 {
         assert_eq!(
-            store.begin_login_attempt(id, throttle, after_window).await.expect("attempt"),
+            store
+                .begin_login_attempt(id, throttle, after_window)
+                .await
+                .expect("attempt"),
             LoginAttempt::Allowed
         );
     }
@@ -177,7 +197,10 @@ async fn delete_records_a_purge_job_in_the_same_transaction(db: TestDatabase) {
         .delete_user(id, &job_for(id), now, now)
         .await
         .expect("delete");
-    assert!(matches!(store.get_user(id).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_user(id).await,
+        Err(StoreError::NotFound)
+    ));
     let stats = store.purge_queue_stats().await.expect("stats");
     assert_eq!(stats.pending, 1);
     assert_eq!(stats.oldest_pending, Some(now));
@@ -206,39 +229,90 @@ async fn purge_jobs_are_claimed_once_and_settled(db: TestDatabase) {
         let job = job_for(user.user.id);
         jobs.insert(job.id);
         // Leased by DeleteUser until `now`: due right away.
-        store.delete_user(user.user.id, &job, now, now).await.expect("delete");
+        store
+            .delete_user(user.user.id, &job, now, now)
+            .await
+            .expect("delete");
     }
 
     let lease = now + Duration::seconds(90);
     let claims = (0..4).map(|_| {
         let store = store.clone();
-        async move { store.claim_due_purge_jobs(now, lease, 2).await.expect("claim") }
+        async move {
+            store
+                .claim_due_purge_jobs(now, lease, 2)
+                .await
+                .expect("claim")
+        }
     });
-    let claimed: Vec<PurgeJob> = futures::future::join_all(claims).await.into_iter().flatten().collect();
+    let claimed: Vec<PurgeJob> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let ids: HashSet<_> = claimed.iter().map(|j| j.id).collect();
-    assert_eq!(claimed.len(), 6, "every job claimed exactly once: {claimed:?}");
+    assert_eq!(
+        claimed.len(),
+        6,
+        "every job claimed exactly once: {claimed:?}"
+    );
     assert_eq!(ids, jobs);
-    assert!(claimed.iter().all(|j| j.attempts == 2 && j.request_id.as_deref() == Some("req-1")));
-    assert!(store.claim_due_purge_jobs(now, lease, 10).await.expect("claim").is_empty());
+    assert!(
+        claimed
+            .iter()
+            .all(|j| j.attempts == 2 && j.request_id.as_deref() == Some("req-1"))
+    );
+    assert!(
+        store
+            .claim_due_purge_jobs(now, lease, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
 
     // Settle: one done, one retried soon, one failed; the rest come back after the lease.
-    store.complete_purge_job(claimed[0].id, 3, now).await.expect("complete");
     store
-        .retry_purge_job(claimed[1].id, now + Duration::seconds(5), "Unavailable: down")
+        .complete_purge_job(claimed[0].id, 3, now)
+        .await
+        .expect("complete");
+    store
+        .retry_purge_job(
+            claimed[1].id,
+            now + Duration::seconds(5),
+            "Unavailable: down",
+        )
         .await
         .expect("retry");
-    store.fail_purge_job(claimed[2].id, "PermissionDenied", now).await.expect("fail");
+    store
+        .fail_purge_job(claimed[2].id, "PermissionDenied", now)
+        .await
+        .expect("fail");
 
     let soon = store
-        .claim_due_purge_jobs(now + Duration::seconds(6), now + Duration::seconds(1000), 10)
+        .claim_due_purge_jobs(
+            now + Duration::seconds(6),
+            now + Duration::seconds(1000),
+            10,
+        )
         .await
         .expect("claim");
-    assert_eq!(soon.iter().map(|j| j.id).collect::<Vec<_>>(), [claimed[1].id]);
+    assert_eq!(
+        soon.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [claimed[1].id]
+    );
     let after_lease = store
-        .claim_due_purge_jobs(lease + Duration::seconds(1), lease + Duration::seconds(90), 10)
+        .claim_due_purge_jobs(
+            lease + Duration::seconds(1),
+            lease + Duration::seconds(90),
+            10,
+        )
         .await
         .expect("claim");
-    assert_eq!(after_lease.len(), 3, "the three unsettled jobs: {after_lease:?}");
+    assert_eq!(
+        after_lease.len(),
+        3,
+        "the three unsettled jobs: {after_lease:?}"
+    );
 
     let stats = store.purge_queue_stats().await.expect("stats");
     assert_eq!((stats.pending, stats.failed), (4, 1));

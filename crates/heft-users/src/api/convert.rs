@@ -87,22 +87,26 @@ pub fn update_user(request: pb::UpdateUserRequest) -> Result<(UserId, UserPatch)
         patch.name = violations.check("user.name", UserName::parse(&user.name));
     }
     if fields.includes("weight_unit", user.weight_unit != 0) {
-        patch.weight_unit = violations
-            .check(
-                "user.weight_unit",
-                weight_unit(user.weight_unit)
-                    .and_then(|unit| unit.ok_or("must be WEIGHT_UNIT_KILOGRAMS or WEIGHT_UNIT_POUNDS")),
-            );
+        patch.weight_unit = violations.check(
+            "user.weight_unit",
+            weight_unit(user.weight_unit)
+                .and_then(|unit| unit.ok_or("must be WEIGHT_UNIT_KILOGRAMS or WEIGHT_UNIT_POUNDS")),
+        );
     }
     violations.into_result()?;
     let id = id.unwrap_or_else(|| unreachable!("an invalid id is a violation"));
     Ok((id, patch))
 }
 
-pub fn change_password(request: pb::ChangePasswordRequest) -> Result<PasswordChange, InvalidRequest> {
+pub fn change_password(
+    request: pb::ChangePasswordRequest,
+) -> Result<PasswordChange, InvalidRequest> {
     let mut violations = Violations::new();
     let id = violations.check("id", UserId::parse(&request.id));
-    let current = violations.check("current_password", Password::for_login(&request.current_password));
+    let current = violations.check(
+        "current_password",
+        Password::for_login(&request.current_password),
+    );
     let new = violations.check("new_password", Password::parse(&request.new_password));
     violations.into_result()?;
     match (id, current, new) {

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use heft_proto::users::v1::{self as pb, user_service_server::UserService};
-use heft_service::{pagination::{self, PageTokens}, request_id, time};
+use heft_service::{
+    pagination::{self, PageTokens},
+    request_id, time,
+};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -61,8 +64,10 @@ impl UserApi {
     ) -> ApiResult<()> {
         let id = credentials.user.id;
         let now = time::now();
-        if let LoginAttempt::Locked { until } =
-            self.store.begin_login_attempt(id, self.throttle, now).await?
+        if let LoginAttempt::Locked { until } = self
+            .store
+            .begin_login_attempt(id, self.throttle, now)
+            .await?
         {
             warn!(user_id = %id, "login refused: too many failures");
             return Err(ApiError::LoginLocked {
@@ -105,7 +110,11 @@ impl UserService for UserApi {
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
         let account = convert::create_user(request.into_inner()).map_err(ApiError::from)?;
-        let password_hash = self.hasher.hash(&account.password).await.map_err(ApiError::from)?;
+        let password_hash = self
+            .hasher
+            .hash(&account.password)
+            .await
+            .map_err(ApiError::from)?;
         let now = time::now();
         let user = User {
             id: UserId::generate(),
@@ -184,12 +193,31 @@ impl UserService for UserApi {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
         let change = convert::change_password(request.into_inner()).map_err(ApiError::from)?;
-        let user = self.store.get_user(change.id).await.map_err(ApiError::from)?;
-        let password_hash = self.store.password_hash(change.id).await.map_err(ApiError::from)?;
-        let credentials = Credentials { user, password_hash };
-        self.check_password(&credentials, &change.current, ApiError::WrongCurrentPassword)
-            .await?;
-        let new_hash = self.hasher.hash(&change.new).await.map_err(ApiError::from)?;
+        let user = self
+            .store
+            .get_user(change.id)
+            .await
+            .map_err(ApiError::from)?;
+        let password_hash = self
+            .store
+            .password_hash(change.id)
+            .await
+            .map_err(ApiError::from)?;
+        let credentials = Credentials {
+            user,
+            password_hash,
+        };
+        self.check_password(
+            &credentials,
+            &change.current,
+            ApiError::WrongCurrentPassword,
+        )
+        .await?;
+        let new_hash = self
+            .hasher
+            .hash(&change.new)
+            .await
+            .map_err(ApiError::from)?;
         self.store
             .set_password_hash(change.id, &new_hash, time::now())
             .await
@@ -210,7 +238,10 @@ impl UserService for UserApi {
             .map_err(ApiError::from)?
         else {
             // Same cost and answer as a wrong password: no account enumeration.
-            self.hasher.verify_dummy(&login.password).await.map_err(ApiError::from)?;
+            self.hasher
+                .verify_dummy(&login.password)
+                .await
+                .map_err(ApiError::from)?;
             return Err(ApiError::BadCredentials.into());
         };
         self.check_password(&credentials, &login.password, ApiError::BadCredentials)

@@ -229,7 +229,10 @@ mod tests {
         assert!(Password::parse("12345678").is_ok());
         assert!(Password::parse(&"ü".repeat(1024)).is_ok());
         assert!(Password::parse(&"x".repeat(1025)).is_err());
-        assert_eq!(format!("{:?}", Password::parse("secret-pass").expect("valid")), "Password(***)");
+        assert_eq!(
+            format!("{:?}", Password::parse("secret-pass").expect("valid")),
+            "Password(***)"
+        );
     }
 
     #[test]

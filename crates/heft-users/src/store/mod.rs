@@ -146,7 +146,12 @@ pub trait UserStore: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Parks a job that cannot succeed by retrying, for an operator.
-    async fn fail_purge_job(&self, job_id: Uuid, error: &str, now: DateTime<Utc>) -> StoreResult<()>;
+    async fn fail_purge_job(
+        &self,
+        job_id: Uuid,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats>;
 

@@ -130,17 +130,25 @@ impl UserStore for SqliteUserStore {
     }
 
     async fn get_user(&self, id: UserId) -> StoreResult<User> {
-        sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?
-            .ok_or(StoreError::NotFound)?
-            .try_into()
+        sqlx::query_as::<_, UserRow>(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
     }
 
     async fn list_users(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>> {
-        sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2"))
+        sqlx::query_as::<_, UserRow>(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2"
+        ))
         .bind(after.map(|id| id.0))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -157,13 +165,17 @@ impl UserStore for SqliteUserStore {
         patch: &UserPatch,
         now: DateTime<Utc>,
     ) -> StoreResult<User> {
-        sqlx::query_as::<_, UserRow>(concat!("UPDATE users SET
+        sqlx::query_as::<_, UserRow>(concat!(
+            "UPDATE users SET
                 email = COALESCE($2, email),
                 name = COALESCE($3, name),
                 weight_unit = COALESCE($4, weight_unit),
                 update_time = $5
              WHERE id = $1
-             RETURNING ", user_columns!(), ""))
+             RETURNING ",
+            user_columns!(),
+            ""
+        ))
         .bind(id.0)
         .bind(patch.email.as_ref().map(Email::as_str))
         .bind(patch.name.as_ref().map(UserName::as_str))
@@ -177,7 +189,11 @@ impl UserStore for SqliteUserStore {
     }
 
     async fn find_credentials(&self, email: &Email) -> StoreResult<Option<Credentials>> {
-        sqlx::query_as::<_, CredentialsRow>(concat!("SELECT ", user_columns!(), ", password_hash FROM users WHERE email = $1 COLLATE NOCASE"))
+        sqlx::query_as::<_, CredentialsRow>(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", password_hash FROM users WHERE email = $1 COLLATE NOCASE"
+        ))
         .bind(email.as_str())
         .fetch_optional(&self.pool)
         .await
@@ -206,13 +222,14 @@ impl UserStore for SqliteUserStore {
         password_hash: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let updated = sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
-            .bind(id.0)
-            .bind(password_hash)
-            .bind(to_micros(now))
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        let updated =
+            sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
+                .bind(id.0)
+                .bind(password_hash)
+                .bind(to_micros(now))
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -368,7 +385,12 @@ impl UserStore for SqliteUserStore {
         Ok(())
     }
 
-    async fn fail_purge_job(&self, job_id: Uuid, error: &str, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn fail_purge_job(
+        &self,
+        job_id: Uuid,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         sqlx::query(
             "UPDATE purge_jobs SET state = 'failed', last_error = $2, completed_at = $3 WHERE id = $1",
         )

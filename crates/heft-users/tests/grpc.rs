@@ -1,0 +1,683 @@
+//! UserService through its generated client, against a real server on port 0.
+
+use std::time::Duration;
+
+use clap::Parser;
+use heft_proto::users::v1::{self as pb, PurgeState, user_service_client::UserServiceClient};
+use heft_test_support::{RunningService, TestDatabase};
+use prost_types::FieldMask;
+use tonic::{Code, Request, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn start_users(db: &TestDatabase, extra: &[&str]) -> RunningService {
+    let mut args = vec![
+        "heft-users",
+        "--database-url",
+        &db.url,
+        // Nothing listens there: purges stay pending.
+        "--entries-url",
+        "http://127.0.0.1:1",
+        "--purge-immediate-timeout-ms",
+        "500",
+    ];
+    args.extend_from_slice(extra);
+    let config = heft_users::Cli::try_parse_from(args).expect("flags").config;
+    RunningService::start(move |listener, shutdown| {
+        heft_users::serve_with_listener(config, listener, shutdown)
+    })
+    .await
+}
+
+async fn client(service: &RunningService) -> UserServiceClient<Channel> {
+    UserServiceClient::connect(service.url())
+        .await
+        .expect("connect")
+}
+
+async fn create(client: &mut UserServiceClient<Channel>, email: &str) -> pb::User {
+    client
+        .create_user(pb::CreateUserRequest {
+            email: email.to_owned(),
+            name: "Ada Lovelace".to_owned(),
+            password: PASSWORD.to_owned(),
+            weight_unit: 0,
+        })
+        .await
+        .expect("create user")
+        .into_inner()
+}
+
+fn login(email: &str, password: &str) -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        email: email.to_owned(),
+        password: password.to_owned(),
+    }
+}
+
+/// The status is INVALID_ARGUMENT with one BadRequest naming exactly `fields`.
+fn assert_invalid(status: &Status, fields: &[&str]) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let mut named: Vec<_> = details
+        .bad_request()
+        .expect("bad request details")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    named.sort();
+    let mut expected: Vec<_> = fields.iter().map(|f| (*f).to_owned()).collect();
+    expected.sort();
+    assert_eq!(named, expected, "{status:?}");
+    assert_eq!(details.error_info().expect("error info").domain, "heft");
+}
+
+fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .expect("error info")
+        .reason
+        .clone()
+}
+
+#[tokio::test]
+async fn create_and_get_a_user() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+
+    let created = create(&mut client, "  Ada@Example.COM ").await;
+    assert_eq!(created.email, "ada@example.com");
+    assert_eq!(
+        created.weight_unit,
+        heft_proto::common::v1::WeightUnit::Pounds as i32
+    );
+    assert!(created.create_time.is_some() && created.update_time.is_some());
+
+    let fetched = client
+        .get_user(pb::GetUserRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(fetched, created);
+
+    let missing = client
+        .get_user(pb::GetUserRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .expect_err("unknown id");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(reason(&missing), "USER_NOT_FOUND");
+    let bad = client
+        .get_user(pb::GetUserRequest {
+            id: "42".to_owned(),
+        })
+        .await
+        .expect_err("bad id");
+    assert_invalid(&bad, &["id"]);
+}
+
+#[tokio::test]
+async fn create_names_every_invalid_field() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+
+    let status = client
+        .create_user(pb::CreateUserRequest {
+            email: "not-an-email".to_owned(),
+            name: "  ".to_owned(),
+            password: "short".to_owned(),
+            weight_unit: 9,
+        })
+        .await
+        .expect_err("invalid");
+    assert_invalid(&status, &["email", "name", "password", "weight_unit"]);
+    assert!(
+        status.message().starts_with("invalid request: email: "),
+        "{}",
+        status.message()
+    );
+
+    let too_long = client
+        .create_user(pb::CreateUserRequest {
+            email: "ada@example.com".to_owned(),
+            name: "Ada".to_owned(),
+            password: "x".repeat(1025),
+            weight_unit: 1,
+        })
+        .await
+        .expect_err("password too long");
+    assert_invalid(&too_long, &["password"]);
+}
+
+#[tokio::test]
+async fn emails_are_unique_case_insensitively_even_concurrently() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+
+    create(&mut client, "ada@example.com").await;
+    let taken = client
+        .create_user(pb::CreateUserRequest {
+            email: "ADA@example.com".to_owned(),
+            name: "Other Ada".to_owned(),
+            password: PASSWORD.to_owned(),
+            weight_unit: 1,
+        })
+        .await
+        .expect_err("taken");
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    assert_eq!(reason(&taken), "EMAIL_TAKEN");
+
+    let racers = (0..2).map(|_| {
+        let mut client = client.clone();
+        async move {
+            client
+                .create_user(pb::CreateUserRequest {
+                    email: "race@example.com".to_owned(),
+                    name: "Racer".to_owned(),
+                    password: PASSWORD.to_owned(),
+                    weight_unit: 1,
+                })
+                .await
+        }
+    });
+    let results = futures::future::join_all(racers).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(
+        results
+            .iter()
+            .any(|r| r.as_ref().is_err_and(|s| s.code() == Code::AlreadyExists))
+    );
+}
+
+#[tokio::test]
+async fn list_users_pages_with_opaque_tokens() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        created.push(create(&mut client, &format!("u{i}@example.com")).await.id);
+    }
+
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_users(pb::ListUsersRequest {
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        pages += 1;
+        assert!(page.users.len() <= 2);
+        listed.extend(page.users.into_iter().map(|u| u.id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(listed, created);
+
+    let all = client
+        .list_users(pb::ListUsersRequest {
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("default page size")
+        .into_inner();
+    assert_eq!(all.users.len(), 5);
+    assert!(all.next_page_token.is_empty());
+
+    let negative = client
+        .list_users(pb::ListUsersRequest {
+            page_size: -1,
+            page_token: String::new(),
+        })
+        .await
+        .expect_err("negative");
+    assert_invalid(&negative, &["page_size"]);
+
+    let first = client
+        .list_users(pb::ListUsersRequest {
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let mut forged = first.next_page_token.clone();
+    forged.replace_range(10..11, if &forged[10..11] == "A" { "B" } else { "A" });
+    let rejected = client
+        .list_users(pb::ListUsersRequest {
+            page_size: 2,
+            page_token: forged,
+        })
+        .await
+        .expect_err("forged");
+    assert_invalid(&rejected, &["page_token"]);
+
+    // Another replica on the same database accepts the token.
+    let replica = start_users(&db, &[]).await;
+    let page = client_for(&replica)
+        .await
+        .list_users(pb::ListUsersRequest {
+            page_size: 2,
+            page_token: first.next_page_token,
+        })
+        .await
+        .expect("token from another replica")
+        .into_inner();
+    assert_eq!(page.users[0].id, created[2]);
+}
+
+async fn client_for(service: &RunningService) -> UserServiceClient<Channel> {
+    client(service).await
+}
+
+#[tokio::test]
+async fn update_user_changes_only_masked_fields() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+    let ada = create(&mut client, "ada@example.com").await;
+    create(&mut client, "bob@example.com").await;
+
+    let update = |user: pb::User, paths: &[&str]| pb::UpdateUserRequest {
+        user: Some(user),
+        update_mask: Some(FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+    };
+    let changes = pb::User {
+        id: ada.id.clone(),
+        name: "Countess".to_owned(),
+        email: "ignored@example.com".to_owned(),
+        weight_unit: 1,
+        ..Default::default()
+    };
+    let updated = client
+        .update_user(update(changes.clone(), &["name", "weight_unit"]))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.name, "Countess");
+    assert_eq!(updated.weight_unit, 1);
+    assert_eq!(updated.email, "ada@example.com");
+    assert_eq!(updated.create_time, ada.create_time);
+
+    let bad_paths = client
+        .update_user(update(changes.clone(), &["id", "password"]))
+        .await
+        .expect_err("bad paths");
+    assert_invalid(&bad_paths, &["update_mask", "update_mask"]);
+
+    let bad_value = client
+        .update_user(update(
+            pb::User {
+                weight_unit: 0,
+                ..changes.clone()
+            },
+            &["weight_unit"],
+        ))
+        .await
+        .expect_err("unspecified unit");
+    assert_invalid(&bad_value, &["user.weight_unit"]);
+
+    let taken = client
+        .update_user(update(
+            pb::User {
+                email: "BOB@example.com".to_owned(),
+                ..changes.clone()
+            },
+            &["email"],
+        ))
+        .await
+        .expect_err("taken");
+    assert_eq!(taken.code(), Code::AlreadyExists);
+
+    let missing = client
+        .update_user(update(
+            pb::User {
+                id: uuid::Uuid::new_v4().to_string(),
+                ..changes
+            },
+            &["name"],
+        ))
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn change_password_requires_the_current_one() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+    let ada = create(&mut client, "ada@example.com").await;
+
+    let wrong = client
+        .change_password(pb::ChangePasswordRequest {
+            id: ada.id.clone(),
+            current_password: "not the password".to_owned(),
+            new_password: "a brand new password".to_owned(),
+        })
+        .await
+        .expect_err("wrong current");
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+
+    let too_short = client
+        .change_password(pb::ChangePasswordRequest {
+            id: ada.id.clone(),
+            current_password: PASSWORD.to_owned(),
+            new_password: "short".to_owned(),
+        })
+        .await
+        .expect_err("short");
+    assert_invalid(&too_short, &["new_password"]);
+
+    client
+        .change_password(pb::ChangePasswordRequest {
+            id: ada.id.clone(),
+            current_password: PASSWORD.to_owned(),
+            new_password: "a brand new password".to_owned(),
+        })
+        .await
+        .expect("change");
+    client
+        .authenticate(login("ada@example.com", "a brand new password"))
+        .await
+        .expect("new password works");
+    let old = client
+        .authenticate(login("ada@example.com", PASSWORD))
+        .await
+        .expect_err("old password");
+    assert_eq!(old.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn authenticate_hides_which_part_was_wrong() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+    let ada = create(&mut client, "ada@example.com").await;
+
+    let user = client
+        .authenticate(login("ADA@example.com", PASSWORD))
+        .await
+        .expect("login")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(user.id, ada.id);
+
+    let wrong_password = client
+        .authenticate(login("ada@example.com", "wrong password"))
+        .await
+        .expect_err("wrong password");
+    let unknown_email = client
+        .authenticate(login("nobody@example.com", PASSWORD))
+        .await
+        .expect_err("unknown email");
+    assert_eq!(wrong_password.code(), Code::Unauthenticated);
+    assert_eq!(
+        (
+            wrong_password.code(),
+            wrong_password.message(),
+            reason(&wrong_password)
+        ),
+        (
+            unknown_email.code(),
+            unknown_email.message(),
+            reason(&unknown_email)
+        )
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_wrong_passwords_evaluate_at_most_ten() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+    create(&mut client, "target@example.com").await;
+
+    let guesses = (0..50).map(|i| {
+        let mut client = client.clone();
+        async move {
+            client
+                .authenticate(login("target@example.com", &format!("guess number {i}")))
+                .await
+                .expect_err("wrong password")
+        }
+    });
+    let statuses = futures::future::join_all(guesses).await;
+    let evaluated = statuses
+        .iter()
+        .filter(|s| s.code() == Code::Unauthenticated)
+        .count();
+    let locked: Vec<_> = statuses
+        .iter()
+        .filter(|s| s.code() == Code::ResourceExhausted)
+        .collect();
+    assert_eq!(evaluated, 10, "only the limit may reach the password check");
+    assert_eq!(locked.len(), 40);
+    let retry = locked[0]
+        .get_error_details()
+        .retry_info()
+        .expect("retry info")
+        .retry_delay;
+    assert!(
+        retry.is_some_and(|d| d > Duration::from_secs(14 * 60)),
+        "{retry:?}"
+    );
+
+    // Locked even for the right password, until the window passes.
+    let right = client
+        .authenticate(login("target@example.com", PASSWORD))
+        .await
+        .expect_err("locked");
+    assert_eq!(right.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&right), "TOO_MANY_FAILED_LOGINS");
+}
+
+#[tokio::test]
+async fn weaker_hashes_are_upgraded_on_login() {
+    let db = TestDatabase::sqlite();
+    let weak = start_users(
+        &db,
+        &["--argon2-memory-kib", "8192", "--argon2-iterations", "1"],
+    )
+    .await;
+    create(&mut client(&weak).await, "ada@example.com").await;
+    weak.stop().await.expect("stop");
+
+    let store = heft_users::store::open(&db.url).await.expect("store");
+    let email = heft_users::domain::Email::parse("ada@example.com").expect("email");
+    let before = store
+        .find_credentials(&email)
+        .await
+        .expect("find")
+        .expect("user");
+    assert!(
+        before.password_hash.contains("m=8192,t=1"),
+        "{}",
+        before.password_hash
+    );
+
+    let strong = start_users(&db, &[]).await;
+    client(&strong)
+        .await
+        .authenticate(login("ada@example.com", PASSWORD))
+        .await
+        .expect("login with the old hash");
+    let after = store
+        .find_credentials(&email)
+        .await
+        .expect("find")
+        .expect("user");
+    assert!(
+        after.password_hash.contains("m=19456,t=2,p=1"),
+        "{}",
+        after.password_hash
+    );
+}
+
+#[tokio::test]
+async fn delete_user_answers_pending_when_entries_is_down() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+    let ada = create(&mut client, "ada@example.com").await;
+
+    let deleted = client
+        .delete_user(pb::DeleteUserRequest { id: ada.id.clone() })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(deleted.purge_state, PurgeState::Pending as i32);
+    assert_eq!(deleted.purged_entry_count, 0);
+
+    let gone = client
+        .get_user(pb::GetUserRequest { id: ada.id.clone() })
+        .await
+        .expect_err("deleted");
+    assert_eq!(gone.code(), Code::NotFound);
+    let again = client
+        .delete_user(pb::DeleteUserRequest { id: ada.id.clone() })
+        .await
+        .expect_err("already deleted");
+    assert_eq!(again.code(), Code::NotFound);
+
+    let store = heft_users::store::open(&db.url).await.expect("store");
+    assert_eq!(store.purge_queue_stats().await.expect("stats").pending, 1);
+
+    let reborn = create(&mut client, "ada@example.com").await;
+    assert_ne!(reborn.id, ada.id);
+}
+
+#[tokio::test]
+async fn tokens_guard_every_call_but_health() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(
+        &db,
+        &[
+            "--api-tokens",
+            "api-one,api-two",
+            "--internal-token",
+            "internal-x",
+        ],
+    )
+    .await;
+    let mut client = client(&service).await;
+
+    let call = |token: Option<&str>| {
+        let mut request = Request::new(pb::ListUsersRequest::default());
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+        }
+        request
+    };
+    let missing = client.list_users(call(None)).await.expect_err("no token");
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    let bogus = client
+        .list_users(call(Some("api-three")))
+        .await
+        .expect_err("bogus");
+    assert_eq!(bogus.code(), Code::Unauthenticated);
+    client
+        .list_users(call(Some("api-two")))
+        .await
+        .expect("api token");
+    client
+        .list_users(call(Some("internal-x")))
+        .await
+        .expect("internal token");
+
+    let channel = Channel::from_shared(service.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "heft.users.v1.UserService".to_owned(),
+        })
+        .await
+        .expect("health needs no token")
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+
+    let mut request = Request::new(pb::ListUsersRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "trace-me-42".parse().expect("ascii"));
+    let response = client.list_users(request).await.expect("list");
+    assert_eq!(
+        response.metadata().get("x-request-id").expect("echoed"),
+        "trace-me-42"
+    );
+
+    let response = client
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .expect("list");
+    let generated = response.metadata().get("x-request-id").expect("generated");
+    assert!(uuid::Uuid::try_parse(generated.to_str().expect("ascii")).is_ok());
+}
+
+#[tokio::test]
+async fn postgres_backend_serves_the_same_api() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+    let ada = create(&mut client, "Ada@Example.com").await;
+    client
+        .authenticate(login("ada@example.com", PASSWORD))
+        .await
+        .expect("login");
+    let taken = client
+        .create_user(pb::CreateUserRequest {
+            email: "ADA@example.com".to_owned(),
+            name: "Ada".to_owned(),
+            password: PASSWORD.to_owned(),
+            weight_unit: 2,
+        })
+        .await
+        .expect_err("taken");
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    let deleted = client
+        .delete_user(pb::DeleteUserRequest { id: ada.id })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(deleted.purge_state, PurgeState::Pending as i32);
+}
