@@ -1,1 +1,107 @@
+//! heft entries service: weight entries (stored as given, converted on
+//! read), summaries, and `PurgeUserEntries`, the target of the users
+//! service's cascade.
+#![forbid(unsafe_code)]
 
+use std::{future::Future, net::SocketAddr};
+
+use heft_proto::entries::v1::entry_service_server::EntryServiceServer;
+use heft_service::{
+    config::CommonArgs,
+    pagination::{PageTokens, generate_key},
+    server::{self, InternalCredentials, MAX_MESSAGE_BYTES},
+};
+use tokio::net::TcpListener;
+
+pub mod api;
+pub mod domain;
+pub mod store;
+pub mod users_client;
+
+/// The service name health checks and reflection know it by.
+pub const SERVICE_NAME: &str = "heft.entries.v1.EntryService";
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "heft-entries", version, about = "heft entries service")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Exit 0 when the service at HEFT_ENTRIES_LISTEN reports SERVING (for container health checks).
+    Healthcheck,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HEFT_ENTRIES_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// sqlite://path or postgres://user:password@host/database.
+    #[arg(
+        long,
+        env = "HEFT_ENTRIES_DATABASE_URL",
+        default_value = "sqlite://data/entries.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Where the users service listens (to check that users exist).
+    #[arg(long, env = "HEFT_USERS_URL", default_value = "http://127.0.0.1:50051")]
+    pub users_url: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Binds `HEFT_ENTRIES_LISTEN` and serves until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    serve_with_listener(config, listener, server::shutdown_signal()).await
+}
+
+/// Migrates the database, then serves on `listener` until `shutdown` resolves.
+pub async fn serve_with_listener(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = store::open(&config.database_url).await?;
+    let page_tokens = PageTokens::new(store.page_token_key(&generate_key()).await?);
+    let users = users_client::UsersClient::new(
+        server::channel(
+            &config.users_url,
+            config.common.client_tls()?,
+            std::time::Duration::from_secs(1),
+        )?,
+        InternalCredentials::new(config.common.internal_token.as_ref())?,
+    );
+    let api = api::EntryApi::new(store, users, page_tokens);
+
+    let (router, health) =
+        server::base_router(config.common.tokens(), config.common.server_tls()?).await?;
+    let router = router.add_service(
+        EntryServiceServer::new(api)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    server::serve(
+        router,
+        health,
+        SERVICE_NAME,
+        listener,
+        shutdown,
+        config.common.shutdown_grace(),
+    )
+    .await
+}
+
+/// The `healthcheck` subcommand: true when the service reports SERVING.
+pub async fn healthcheck(config: &Config) -> anyhow::Result<bool> {
+    let url = server::local_url(config.listen, config.common.tls_cert.is_some());
+    server::healthcheck(&url, config.common.client_tls()?).await
+}

@@ -118,6 +118,9 @@ impl std::fmt::Display for DisplayChain<'_> {
     }
 }
 
+/// Most field violations one error lists.
+pub const MAX_VIOLATIONS: usize = 100;
+
 /// Collects every invalid field of a request, so that one `BadRequest`
 /// names them all instead of the first one found.
 #[derive(Debug, Default)]
@@ -151,13 +154,22 @@ impl Violations {
         self.0.is_empty()
     }
 
-    /// `Ok(())` when nothing was recorded.
-    pub fn into_result(self) -> Result<(), InvalidRequest> {
+    /// `Ok(())` when nothing was recorded. Errors travel in response
+    /// headers, so a request with thousands of bad fields (a large batch)
+    /// reports the first [`MAX_VIOLATIONS`] and counts the rest.
+    pub fn into_result(mut self) -> Result<(), InvalidRequest> {
         if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(InvalidRequest(self.0))
+            return Ok(());
         }
+        if self.0.len() > MAX_VIOLATIONS {
+            let more = self.0.len() - MAX_VIOLATIONS;
+            self.0.truncate(MAX_VIOLATIONS);
+            self.0.push(FieldViolation::new(
+                "",
+                format!("and {more} more invalid fields, not listed"),
+            ));
+        }
+        Err(InvalidRequest(self.0))
     }
 }
 
@@ -172,12 +184,19 @@ impl InvalidRequest {
     }
 }
 
+/// The first few violations, for the status message; details list them all.
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
+    const SHOWN: usize = 5;
+    let mut text = violations
         .iter()
+        .take(SHOWN)
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if violations.len() > SHOWN {
+        text.push_str(&format!("; and {} more", violations.len() - SHOWN));
+    }
+    text
 }
 
 impl ServiceError for InvalidRequest {

@@ -218,3 +218,39 @@ pub fn local_url(address: std::net::SocketAddr, tls: bool) -> String {
     };
     format!("{scheme}://{host}:{}", address.port())
 }
+
+/// The body of a service binary's `main`: either answer the `healthcheck`
+/// subcommand, or set up logging and run the service.
+pub async fn main(
+    binary: &str,
+    healthcheck: bool,
+    common: &crate::config::CommonArgs,
+    check: impl Future<Output = anyhow::Result<bool>>,
+    run: impl Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    if healthcheck {
+        return match check.await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("{binary} is not serving");
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("{binary} health check failed: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(error) = crate::telemetry::init(&common.log, common.log_format) {
+        eprintln!("{error:#}");
+        return ExitCode::FAILURE;
+    }
+    match run.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "{binary} failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Proto messages to domain values (validating every field once) and back.
+
+use chrono::NaiveDate;
+use heft_proto::{common::v1 as common, entries::v1 as pb, google::r#type::Date};
+use heft_service::{
+    InvalidRequest, Violations,
+    field_mask::{self, UpdateFields},
+    time::to_timestamp,
+};
+
+use crate::{
+    domain::{
+        DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, Note, RecordedOn, SortOrder, UserId,
+        Weight, WeightUnit, calendar_date,
+    },
+    store::MAX_BATCH,
+};
+
+/// A new entry's fields, validated.
+pub struct Draft {
+    pub weight: Weight,
+    pub recorded_on: RecordedOn,
+    pub note: Note,
+}
+
+pub struct CreateParams {
+    pub user_id: UserId,
+    pub draft: Draft,
+    pub request_id: Option<IdempotencyKey>,
+}
+
+pub struct ListParams {
+    pub user_id: UserId,
+    pub range: DateRange,
+    pub order: SortOrder,
+    pub page_size: i32,
+    pub page_token: String,
+    pub unit: Option<WeightUnit>,
+}
+
+pub fn id<T>(
+    raw: &str,
+    field: &str,
+    parse: impl FnOnce(&str) -> Result<T, crate::domain::Invalid>,
+) -> Result<T, InvalidRequest> {
+    parse(raw).map_err(|e| InvalidRequest::single(field, e.to_string()))
+}
+
+/// A unit that selects how to read weights: `UNSPECIFIED` is `None`.
+fn read_unit(code: i32) -> Result<Option<WeightUnit>, &'static str> {
+    match code {
+        0 => Ok(None),
+        code => WeightUnit::from_code(code)
+            .map(Some)
+            .ok_or("must be WEIGHT_UNIT_KILOGRAMS, WEIGHT_UNIT_POUNDS or unspecified"),
+    }
+}
+
+fn weight(
+    raw: Option<&common::Weight>,
+    field: &str,
+    violations: &mut Violations,
+) -> Option<Weight> {
+    let Some(raw) = raw else {
+        violations.add(field, "is required");
+        return None;
+    };
+    let unit = violations.check(
+        format!("{field}.unit"),
+        WeightUnit::from_code(raw.unit)
+            .ok_or("must be WEIGHT_UNIT_KILOGRAMS or WEIGHT_UNIT_POUNDS"),
+    )?;
+    violations.check(format!("{field}.value"), Weight::new(raw.value, unit))
+}
+
+fn date(raw: &Date) -> Result<NaiveDate, crate::domain::Invalid> {
+    calendar_date(raw.year, raw.month, raw.day)
+}
+
+fn recorded_on(
+    raw: Option<&Date>,
+    field: &str,
+    today: NaiveDate,
+    violations: &mut Violations,
+) -> Option<RecordedOn> {
+    let Some(raw) = raw else {
+        violations.add(field, "is required");
+        return None;
+    };
+    violations.check(field, date(raw).and_then(|d| RecordedOn::new(d, today)))
+}
+
+fn draft(
+    weight_raw: Option<&common::Weight>,
+    date_raw: Option<&Date>,
+    note_raw: &str,
+    prefix: &str,
+    today: NaiveDate,
+    violations: &mut Violations,
+) -> Option<Draft> {
+    let weight = weight(weight_raw, &format!("{prefix}weight"), violations);
+    let recorded_on = recorded_on(date_raw, &format!("{prefix}recorded_on"), today, violations);
+    let note = violations.check(format!("{prefix}note"), Note::parse(note_raw));
+    Some(Draft {
+        weight: weight?,
+        recorded_on: recorded_on?,
+        note: note?,
+    })
+}
+
+fn range(start: Option<&Date>, end: Option<&Date>, violations: &mut Violations) -> DateRange {
+    let start = start.and_then(|d| violations.check("start_date", date(d)));
+    let end = end.and_then(|d| violations.check("end_date", date(d)));
+    if let (Some(start), Some(end)) = (start, end)
+        && start > end
+    {
+        violations.add("end_date", "must not be before start_date");
+    }
+    DateRange { start, end }
+}
+
+/// Everything was checked: a missing value means a violation was recorded.
+fn checked<T>(value: Option<T>) -> T {
+    value.unwrap_or_else(|| unreachable!("a failed check records a violation"))
+}
+
+pub fn create_entry(
+    request: &pb::CreateEntryRequest,
+    today: NaiveDate,
+) -> Result<CreateParams, InvalidRequest> {
+    let mut violations = Violations::new();
+    let user_id = violations.check("user_id", UserId::parse(&request.user_id));
+    let draft = draft(
+        request.weight.as_ref(),
+        request.recorded_on.as_ref(),
+        &request.note,
+        "",
+        today,
+        &mut violations,
+    );
+    let request_id = if request.request_id.is_empty() {
+        None
+    } else {
+        violations.check("request_id", IdempotencyKey::parse(&request.request_id))
+    };
+    violations.into_result()?;
+    Ok(CreateParams {
+        user_id: checked(user_id),
+        draft: checked(draft),
+        request_id,
+    })
+}
+
+pub fn batch_create(
+    request: &pb::BatchCreateEntriesRequest,
+    today: NaiveDate,
+) -> Result<(UserId, Vec<Draft>), InvalidRequest> {
+    let mut violations = Violations::new();
+    let user_id = violations.check("user_id", UserId::parse(&request.user_id));
+    if request.entries.is_empty() {
+        violations.add("entries", "must hold at least one entry");
+    }
+    if request.entries.len() > MAX_BATCH {
+        return Err(InvalidRequest::single(
+            "entries",
+            format!("must hold at most {MAX_BATCH} entries"),
+        ));
+    }
+    let drafts: Vec<_> = request
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            draft(
+                e.weight.as_ref(),
+                e.recorded_on.as_ref(),
+                &e.note,
+                &format!("entries[{i}]."),
+                today,
+                &mut violations,
+            )
+        })
+        .collect();
+    violations.into_result()?;
+    Ok((checked(user_id), drafts.into_iter().map(checked).collect()))
+}
+
+pub fn get_entry(
+    request: &pb::GetEntryRequest,
+) -> Result<(EntryId, Option<WeightUnit>), InvalidRequest> {
+    let mut violations = Violations::new();
+    let id = violations.check("id", EntryId::parse(&request.id));
+    let unit = violations.check("unit", read_unit(request.unit));
+    violations.into_result()?;
+    Ok((checked(id), checked(unit)))
+}
+
+pub fn list_entries(request: pb::ListEntriesRequest) -> Result<ListParams, InvalidRequest> {
+    let mut violations = Violations::new();
+    let user_id = violations.check("user_id", UserId::parse(&request.user_id));
+    let range = range(
+        request.start_date.as_ref(),
+        request.end_date.as_ref(),
+        &mut violations,
+    );
+    let unit = violations.check("unit", read_unit(request.unit));
+    let order = violations.check(
+        "order",
+        match pb::SortOrder::try_from(request.order) {
+            Ok(pb::SortOrder::Unspecified | pb::SortOrder::Ascending) => Ok(SortOrder::Ascending),
+            Ok(pb::SortOrder::Descending) => Ok(SortOrder::Descending),
+            Err(_) => Err("must be SORT_ORDER_ASCENDING or SORT_ORDER_DESCENDING"),
+        },
+    );
+    violations.into_result()?;
+    Ok(ListParams {
+        user_id: checked(user_id),
+        range,
+        order: checked(order),
+        page_size: request.page_size,
+        page_token: request.page_token,
+        unit: checked(unit),
+    })
+}
+
+pub fn update_entry(
+    request: &pb::UpdateEntryRequest,
+    today: NaiveDate,
+) -> Result<(EntryId, EntryPatch), InvalidRequest> {
+    let Some(entry) = &request.entry else {
+        return Err(InvalidRequest::single("entry", "is required"));
+    };
+    let mut violations = Violations::new();
+    let id = violations.check("entry.id", EntryId::parse(&entry.id));
+    let fields = match field_mask::resolve(
+        request.update_mask.as_ref(),
+        &["weight", "recorded_on", "note"],
+        &["id", "user_id", "create_time", "update_time"],
+    ) {
+        Ok(fields) => fields,
+        Err(invalid) => {
+            for v in invalid.0 {
+                violations.add(v.field, v.description);
+            }
+            UpdateFields::Named(Vec::new())
+        }
+    };
+    let mut patch = EntryPatch::default();
+    if fields.includes("weight", entry.weight.is_some()) {
+        patch.weight = weight(entry.weight.as_ref(), "entry.weight", &mut violations);
+    }
+    if fields.includes("recorded_on", entry.recorded_on.is_some()) {
+        patch.recorded_on = recorded_on(
+            entry.recorded_on.as_ref(),
+            "entry.recorded_on",
+            today,
+            &mut violations,
+        );
+    }
+    if fields.includes("note", !entry.note.is_empty()) {
+        patch.note = violations.check("entry.note", Note::parse(&entry.note));
+    }
+    violations.into_result()?;
+    Ok((checked(id), patch))
+}
+
+pub fn summarize(
+    request: &pb::SummarizeEntriesRequest,
+) -> Result<(UserId, DateRange, WeightUnit), InvalidRequest> {
+    let mut violations = Violations::new();
+    let user_id = violations.check("user_id", UserId::parse(&request.user_id));
+    let range = range(
+        request.start_date.as_ref(),
+        request.end_date.as_ref(),
+        &mut violations,
+    );
+    let unit = violations.check("unit", read_unit(request.unit));
+    violations.into_result()?;
+    // SPEC: unspecified means kilograms here.
+    Ok((
+        checked(user_id),
+        range,
+        checked(unit).unwrap_or(WeightUnit::Kilograms),
+    ))
+}
+
+pub fn date_to_proto(date: NaiveDate) -> Date {
+    use chrono::Datelike;
+    Date {
+        year: date.year(),
+        month: date.month() as i32,
+        day: date.day() as i32,
+    }
+}
+
+pub fn weight_to_proto(weight: Weight) -> common::Weight {
+    common::Weight {
+        value: weight.value(),
+        unit: weight.unit().code(),
+    }
+}
+
+/// The entry, its weight in `unit` when one is given.
+pub fn entry_to_proto(entry: &Entry, unit: Option<WeightUnit>) -> pb::Entry {
+    pb::Entry {
+        id: entry.id.to_string(),
+        user_id: entry.user_id.to_string(),
+        weight: Some(weight_to_proto(entry.weight.converted(unit))),
+        recorded_on: Some(date_to_proto(entry.recorded_on.date())),
+        note: entry.note.as_str().to_owned(),
+        create_time: Some(to_timestamp(entry.create_time)),
+        update_time: Some(to_timestamp(entry.update_time)),
+    }
+}

@@ -1,0 +1,243 @@
+//! tonic handlers of `heft.entries.v1.EntryService`: decode and validate,
+//! call the domain and store, map errors (in [`error`]).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use heft_proto::entries::v1::{self as pb, entry_service_server::EntryService};
+use heft_service::{
+    caller,
+    pagination::{self, PageTokens},
+    request_id, time,
+};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::{
+    domain::{Cursor, Entry, EntryId, ListQuery, UserId, summarize},
+    store::EntryStore,
+    users_client::UsersClient,
+};
+
+mod convert;
+mod error;
+
+pub use error::ApiError;
+
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 1000;
+const PAGE_SCOPE: &str = "entries";
+
+pub struct EntryApi {
+    store: Arc<dyn EntryStore>,
+    users: UsersClient,
+    page_tokens: PageTokens,
+}
+
+impl EntryApi {
+    pub fn new(store: Arc<dyn EntryStore>, users: UsersClient, page_tokens: PageTokens) -> Self {
+        Self {
+            store,
+            users,
+            page_tokens,
+        }
+    }
+
+    /// Entries can be added for users that exist and were never purged.
+    /// The tombstone is checked first: a deleted user is FAILED_PRECONDITION,
+    /// even while the users service is down.
+    async fn check_owner<T>(&self, user_id: UserId, request: &Request<T>) -> Result<(), ApiError> {
+        if self.store.is_purged(user_id).await? {
+            return Err(crate::store::StoreError::UserPurged.into());
+        }
+        self.users
+            .ensure_exists(user_id, request_id(request))
+            .await?;
+        Ok(())
+    }
+}
+
+fn today() -> chrono::NaiveDate {
+    Utc::now().date_naive()
+}
+
+fn new_entry(user_id: UserId, draft: convert::Draft) -> Entry {
+    let now = time::now();
+    Entry {
+        id: EntryId::generate(),
+        user_id,
+        weight: draft.weight,
+        recorded_on: draft.recorded_on,
+        note: draft.note,
+        create_time: now,
+        update_time: now,
+    }
+}
+
+#[tonic::async_trait]
+impl EntryService for EntryApi {
+    async fn create_entry(
+        &self,
+        request: Request<pb::CreateEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let params = convert::create_entry(request.get_ref(), today()).map_err(ApiError::from)?;
+        self.check_owner(params.user_id, &request).await?;
+        let entry = new_entry(params.user_id, params.draft);
+        let stored = self
+            .store
+            .create_entry(&entry, params.request_id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::entry_to_proto(&stored, None)))
+    }
+
+    async fn batch_create_entries(
+        &self,
+        request: Request<pb::BatchCreateEntriesRequest>,
+    ) -> Result<Response<pb::BatchCreateEntriesResponse>, Status> {
+        let (user_id, drafts) =
+            convert::batch_create(request.get_ref(), today()).map_err(ApiError::from)?;
+        self.check_owner(user_id, &request).await?;
+        let entries: Vec<Entry> = drafts.into_iter().map(|d| new_entry(user_id, d)).collect();
+        self.store
+            .create_entries(user_id, &entries)
+            .await
+            .map_err(ApiError::from)?;
+        info!(%user_id, count = entries.len(), "entries imported");
+        Ok(Response::new(pb::BatchCreateEntriesResponse {
+            entries: entries
+                .iter()
+                .map(|e| convert::entry_to_proto(e, None))
+                .collect(),
+        }))
+    }
+
+    async fn get_entry(
+        &self,
+        request: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let (id, unit) = convert::get_entry(request.get_ref()).map_err(ApiError::from)?;
+        let entry = self.store.get_entry(id).await.map_err(ApiError::from)?;
+        Ok(Response::new(convert::entry_to_proto(&entry, unit)))
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let params = convert::list_entries(request.into_inner()).map_err(ApiError::from)?;
+        let page_size = pagination::page_size(params.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            .map_err(ApiError::from)?;
+        // The token is bound to everything that selects or orders entries.
+        let filter = (params.user_id, params.range, params.order);
+        let after: Option<Cursor> = self
+            .page_tokens
+            .decode(PAGE_SCOPE, &filter, &params.page_token)
+            .map_err(ApiError::from)?;
+        let query = ListQuery {
+            user_id: params.user_id,
+            range: params.range,
+            order: params.order,
+            after,
+            limit: page_size + 1,
+        };
+        let mut entries = self
+            .store
+            .list_entries(&query)
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = if entries.len() > page_size as usize {
+            entries.truncate(page_size as usize);
+            entries
+                .last()
+                .map(|last| {
+                    self.page_tokens
+                        .encode(PAGE_SCOPE, &filter, Cursor::after(last))
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListEntriesResponse {
+            entries: entries
+                .iter()
+                .map(|e| convert::entry_to_proto(e, params.unit))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_entry(
+        &self,
+        request: Request<pb::UpdateEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let (id, patch) =
+            convert::update_entry(request.get_ref(), today()).map_err(ApiError::from)?;
+        let entry = self
+            .store
+            .update_entry(id, &patch, time::now())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::entry_to_proto(&entry, None)))
+    }
+
+    async fn delete_entry(
+        &self,
+        request: Request<pb::DeleteEntryRequest>,
+    ) -> Result<Response<()>, Status> {
+        let id =
+            convert::id(&request.get_ref().id, "id", EntryId::parse).map_err(ApiError::from)?;
+        self.store.delete_entry(id).await.map_err(ApiError::from)?;
+        Ok(Response::new(()))
+    }
+
+    async fn summarize_entries(
+        &self,
+        request: Request<pb::SummarizeEntriesRequest>,
+    ) -> Result<Response<pb::SummarizeEntriesResponse>, Status> {
+        let (user_id, range, unit) =
+            convert::summarize(request.get_ref()).map_err(ApiError::from)?;
+        let entries = self
+            .store
+            .entries_in_range(user_id, range)
+            .await
+            .map_err(ApiError::from)?;
+        let response = match summarize(&entries, unit) {
+            None => pb::SummarizeEntriesResponse::default(),
+            Some(summary) => {
+                let weight = |value| Some(convert::weight_to_proto(summary.weight(value)));
+                pb::SummarizeEntriesResponse {
+                    count: i64::try_from(summary.count).unwrap_or(i64::MAX),
+                    min: weight(summary.min),
+                    max: weight(summary.max),
+                    mean: weight(summary.mean),
+                    first: Some(convert::entry_to_proto(&summary.first, None)),
+                    last: Some(convert::entry_to_proto(&summary.last, None)),
+                    change: weight(summary.change),
+                    trend: weight(summary.trend),
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn purge_user_entries(
+        &self,
+        request: Request<pb::PurgeUserEntriesRequest>,
+    ) -> Result<Response<pb::PurgeUserEntriesResponse>, Status> {
+        caller(&request)
+            .require_internal()
+            .map_err(ApiError::from)?;
+        let user_id = convert::id(&request.get_ref().user_id, "user_id", UserId::parse)
+            .map_err(ApiError::from)?;
+        let deleted = self
+            .store
+            .purge_user(user_id, time::now())
+            .await
+            .map_err(ApiError::from)?;
+        info!(%user_id, deleted_entries = deleted, "user entries purged");
+        Ok(Response::new(pb::PurgeUserEntriesResponse {
+            deleted_count: i64::try_from(deleted).unwrap_or(i64::MAX),
+        }))
+    }
+}

@@ -1,0 +1,114 @@
+use super::{Entry, Weight, WeightUnit};
+
+/// Smoothing factor of the trend line, as in The Hacker's Diet.
+const TREND_SMOOTHING: f64 = 0.1;
+
+/// Statistics over a user's entries, every weight in one unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub count: u64,
+    pub unit: WeightUnit,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub first: Entry,
+    pub last: Entry,
+    /// last − first.
+    pub change: f64,
+    /// Final value of the exponentially smoothed moving average.
+    pub trend: f64,
+}
+
+/// Summarises `entries`, which must be in date order (recorded_on, then
+/// creation time). `None` when there are none.
+pub fn summarize(entries: &[Entry], unit: WeightUnit) -> Option<Summary> {
+    let (first, last) = (entries.first()?, entries.last()?);
+    let weights = entries.iter().map(|e| e.weight.value_in(unit));
+    let mut min = f64::INFINITY;
+    let mut max = f64::NEG_INFINITY;
+    let mut sum = 0.0;
+    let mut trend: Option<f64> = None;
+    for weight in weights {
+        min = min.min(weight);
+        max = max.max(weight);
+        sum += weight;
+        trend = Some(match trend {
+            None => weight,
+            Some(t) => t + TREND_SMOOTHING * (weight - t),
+        });
+    }
+    let first_weight = first.weight.value_in(unit);
+    let last_weight = last.weight.value_in(unit);
+    Some(Summary {
+        count: entries.len() as u64,
+        unit,
+        min,
+        max,
+        mean: sum / entries.len() as f64,
+        first: with_unit(first, unit),
+        last: with_unit(last, unit),
+        change: last_weight - first_weight,
+        trend: trend.unwrap_or(first_weight),
+    })
+}
+
+fn with_unit(entry: &Entry, unit: WeightUnit) -> Entry {
+    Entry {
+        weight: entry.weight.converted(Some(unit)),
+        ..entry.clone()
+    }
+}
+
+impl Summary {
+    pub fn weight(&self, value: f64) -> Weight {
+        Weight::from_stored(value, self.unit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, Utc};
+
+    use super::*;
+    use crate::domain::{EntryId, Note, RecordedOn, UserId};
+
+    fn entry(day: u32, value: f64, unit: WeightUnit) -> Entry {
+        let now = Utc::now();
+        Entry {
+            id: EntryId::generate(),
+            user_id: UserId(uuid::Uuid::nil()),
+            weight: Weight::new(value, unit).expect("weight"),
+            recorded_on: RecordedOn::from_stored(
+                NaiveDate::from_ymd_opt(2024, 1, day).expect("date"),
+            ),
+            note: Note::default(),
+            create_time: now,
+            update_time: now,
+        }
+    }
+
+    #[test]
+    fn summarises_in_the_requested_unit_with_a_smoothed_trend() {
+        let entries = [
+            entry(1, 100.0, WeightUnit::Kilograms),
+            entry(2, 99.0, WeightUnit::Kilograms),
+            entry(3, 220.462_262_184_877_6, WeightUnit::Pounds), // 100 kg
+            entry(4, 97.0, WeightUnit::Kilograms),
+        ];
+        let summary = summarize(&entries, WeightUnit::Kilograms).expect("summary");
+        assert_eq!(summary.count, 4);
+        assert_eq!(summary.min, 97.0);
+        assert!((summary.max - 100.0).abs() < 1e-9);
+        assert!((summary.mean - 99.0).abs() < 1e-9);
+        assert_eq!(summary.change, -3.0);
+        // t0 = 100; t1 = 99.9; t2 = 99.91; t3 = 99.619
+        assert!((summary.trend - 99.619).abs() < 1e-9, "{}", summary.trend);
+        assert_eq!(summary.first.id, entries[0].id);
+        assert_eq!(summary.last.weight.unit(), WeightUnit::Kilograms);
+    }
+
+    #[test]
+    fn nothing_to_summarise() {
+        assert!(summarize(&[], WeightUnit::Pounds).is_none());
+    }
+}

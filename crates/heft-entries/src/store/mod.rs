@@ -1,0 +1,124 @@
+//! Where entries live: one trait, one module per database.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use heft_service::{ErrorCode, ServiceError};
+
+use crate::domain::{DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, UserId};
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresEntryStore;
+pub use sqlite::SqliteEntryStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("entry not found")]
+    NotFound,
+    #[error("the user has been deleted; no entries can be added")]
+    UserPurged,
+    #[error("entry database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("entry database error")]
+    Database(#[source] sqlx::Error),
+    #[error("corrupt row in the entry database: {0}")]
+    Corrupt(&'static str),
+}
+
+impl StoreError {
+    fn from_sqlx(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(error),
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+impl ServiceError for StoreError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            StoreError::NotFound => ErrorCode::NotFound,
+            StoreError::UserPurged => ErrorCode::FailedPrecondition,
+            StoreError::Unavailable(_) => ErrorCode::Unavailable,
+            StoreError::Database(_) | StoreError::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            StoreError::NotFound => "ENTRY_NOT_FOUND",
+            StoreError::UserPurged => "USER_DELETED",
+            StoreError::Unavailable(_) => "DATABASE_UNAVAILABLE",
+            StoreError::Database(_) | StoreError::Corrupt(_) => "DATABASE_ERROR",
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Most entries one BatchCreateEntries may carry.
+pub const MAX_BATCH: usize = 10_000;
+
+#[async_trait]
+pub trait EntryStore: Send + Sync + 'static {
+    /// Inserts `entry` unless its user is purged (`UserPurged`). With a
+    /// `request_id` already used for this user, returns the entry that
+    /// request created instead of inserting another.
+    ///
+    /// The purge check and the insert are serialised against
+    /// [`EntryStore::purge_user`] for the same user: an entry racing a purge
+    /// is either refused or deleted by it, never left behind.
+    async fn create_entry(
+        &self,
+        entry: &Entry,
+        request_id: Option<IdempotencyKey>,
+    ) -> StoreResult<Entry>;
+
+    /// Inserts all of `entries` (one user's, at most [`MAX_BATCH`]) or none.
+    async fn create_entries(&self, user_id: UserId, entries: &[Entry]) -> StoreResult<()>;
+
+    async fn get_entry(&self, id: EntryId) -> StoreResult<Entry>;
+
+    /// One page of a user's entries in the query's order, after its cursor.
+    async fn list_entries(&self, query: &ListQuery) -> StoreResult<Vec<Entry>>;
+
+    /// Every entry of a user in the range, oldest first.
+    async fn entries_in_range(&self, user_id: UserId, range: DateRange) -> StoreResult<Vec<Entry>>;
+
+    async fn update_entry(
+        &self,
+        id: EntryId,
+        patch: &EntryPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Entry>;
+
+    async fn delete_entry(&self, id: EntryId) -> StoreResult<()>;
+
+    /// Deletes every entry of the user and leaves a tombstone that refuses
+    /// new ones. Idempotent; returns how many entries this call deleted.
+    async fn purge_user(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    async fn is_purged(&self, user_id: UserId) -> StoreResult<bool>;
+
+    /// The page-token signing key shared by every replica on this database,
+    /// created with `candidate` if there is none yet.
+    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>>;
+}
+
+/// Opens (and migrates) the store a `HEFT_ENTRIES_DATABASE_URL` names.
+pub async fn open(url: &str) -> anyhow::Result<Arc<dyn EntryStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresEntryStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteEntryStore::connect(url).await?))
+    } else {
+        anyhow::bail!("unsupported database url: expected postgres:// or sqlite://")
+    }
+}

@@ -1,0 +1,358 @@
+//! PostgreSQL backend: the production store.
+//!
+//! Serialising creates against purges: every write that adds entries for a
+//! user first takes `pg_advisory_xact_lock_shared(key(user))`, a purge takes
+//! the exclusive `pg_advisory_xact_lock(key(user))`. Creates for one user run
+//! side by side; a purge waits for the creates in flight, and creates that
+//! come after it wait for it. The tombstone check runs in a statement after
+//! the lock is held, so under READ COMMITTED it sees a purge that committed
+//! while it waited.
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{PgPool, Postgres, QueryBuilder, Transaction, postgres::PgPoolOptions};
+use uuid::Uuid;
+
+use super::{EntryStore, MAX_BATCH, StoreError, StoreResult};
+use crate::domain::{
+    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
+    UserId, Weight, WeightUnit,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/entries/postgres");
+
+macro_rules! entry_columns {
+    () => {
+        "id, user_id, value, unit, recorded_on, note, create_time, update_time"
+    };
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresEntryStore {
+    pool: PgPool,
+}
+
+impl PostgresEntryStore {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Begins a transaction holding the user's advisory lock: shared for
+    /// writers of entries, exclusive for the purge.
+    async fn lock_user(
+        &self,
+        user_id: UserId,
+        exclusive: bool,
+    ) -> StoreResult<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let statement = if exclusive {
+            "SELECT pg_advisory_xact_lock($1)"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared($1)"
+        };
+        sqlx::query(statement)
+            .bind(lock_key(user_id))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(tx)
+    }
+}
+
+/// Advisory-lock key of a user. Two users sharing a key only serialise
+/// more than needed.
+fn lock_key(user_id: UserId) -> i64 {
+    let (high, low) = user_id.0.as_u64_pair();
+    (high ^ low) as i64
+}
+
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    id: Uuid,
+    user_id: Uuid,
+    value: f64,
+    unit: i16,
+    recorded_on: NaiveDate,
+    note: String,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl TryFrom<EntryRow> for Entry {
+    type Error = StoreError;
+
+    fn try_from(row: EntryRow) -> StoreResult<Self> {
+        let unit =
+            WeightUnit::from_code(row.unit.into()).ok_or(StoreError::Corrupt("entries.unit"))?;
+        Ok(Entry {
+            id: EntryId(row.id),
+            user_id: UserId(row.user_id),
+            weight: Weight::from_stored(row.value, unit),
+            recorded_on: RecordedOn::from_stored(row.recorded_on),
+            note: Note::from_stored(row.note),
+            create_time: row.create_time,
+            update_time: row.update_time,
+        })
+    }
+}
+
+fn unit_code(unit: WeightUnit) -> i16 {
+    match unit {
+        WeightUnit::Kilograms => 1,
+        WeightUnit::Pounds => 2,
+    }
+}
+
+fn into_entries(rows: Vec<EntryRow>) -> StoreResult<Vec<Entry>> {
+    rows.into_iter().map(Entry::try_from).collect()
+}
+
+#[async_trait]
+impl EntryStore for PostgresEntryStore {
+    async fn create_entry(
+        &self,
+        entry: &Entry,
+        request_id: Option<IdempotencyKey>,
+    ) -> StoreResult<Entry> {
+        let mut tx = self.lock_user(entry.user_id, false).await?;
+        let inserted = sqlx::query_as::<_, EntryRow>(concat!(
+            "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8
+             WHERE NOT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $2)
+             ON CONFLICT (user_id, request_id) DO NOTHING
+             RETURNING ",
+            entry_columns!()
+        ))
+        .bind(entry.id.0)
+        .bind(entry.user_id.0)
+        .bind(entry.weight.value())
+        .bind(unit_code(entry.weight.unit()))
+        .bind(entry.recorded_on.date())
+        .bind(entry.note.as_str())
+        .bind(request_id.map(|r| r.0))
+        .bind(entry.create_time)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let created = match inserted {
+            Some(row) => row,
+            None => {
+                // Either the user is purged, or this request already ran.
+                let earlier = match request_id {
+                    Some(request_id) => sqlx::query_as::<_, EntryRow>(concat!(
+                        "SELECT ",
+                        entry_columns!(),
+                        " FROM entries WHERE user_id = $1 AND request_id = $2"
+                    ))
+                    .bind(entry.user_id.0)
+                    .bind(request_id.0)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?,
+                    None => None,
+                };
+                earlier.ok_or(StoreError::UserPurged)?
+            }
+        };
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        created.try_into()
+    }
+
+    async fn create_entries(&self, user_id: UserId, entries: &[Entry]) -> StoreResult<()> {
+        debug_assert!(entries.len() <= MAX_BATCH);
+        let mut tx = self.lock_user(user_id, false).await?;
+        let purged: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
+                .bind(user_id.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        if purged {
+            return Err(StoreError::UserPurged);
+        }
+        // One statement for the whole batch: arrays of columns, unnested.
+        let ids: Vec<Uuid> = entries.iter().map(|e| e.id.0).collect();
+        let values: Vec<f64> = entries.iter().map(|e| e.weight.value()).collect();
+        let units: Vec<i16> = entries.iter().map(|e| unit_code(e.weight.unit())).collect();
+        let days: Vec<NaiveDate> = entries.iter().map(|e| e.recorded_on.date()).collect();
+        let notes: Vec<&str> = entries.iter().map(|e| e.note.as_str()).collect();
+        let times: Vec<DateTime<Utc>> = entries.iter().map(|e| e.create_time).collect();
+        sqlx::query(
+            "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
+             SELECT id, $2, value, unit, recorded_on, note, create_time, create_time
+             FROM UNNEST($1::uuid[], $3::float8[], $4::int2[], $5::date[], $6::text[], $7::timestamptz[])
+                AS batch (id, value, unit, recorded_on, note, create_time)",
+        )
+        .bind(&ids)
+        .bind(user_id.0)
+        .bind(&values)
+        .bind(&units)
+        .bind(&days)
+        .bind(&notes)
+        .bind(&times)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)
+    }
+
+    async fn get_entry(&self, id: EntryId) -> StoreResult<Entry> {
+        sqlx::query_as::<_, EntryRow>(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM entries WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
+    }
+
+    async fn list_entries(&self, query: &ListQuery) -> StoreResult<Vec<Entry>> {
+        let (compare, direction) = match query.order {
+            SortOrder::Ascending => (">", "ASC"),
+            SortOrder::Descending => ("<", "DESC"),
+        };
+        let mut sql = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM entries WHERE user_id = "
+        ));
+        sql.push_bind(query.user_id.0);
+        if let Some(start) = query.range.start {
+            sql.push(" AND recorded_on >= ").push_bind(start);
+        }
+        if let Some(end) = query.range.end {
+            sql.push(" AND recorded_on <= ").push_bind(end);
+        }
+        if let Some(cursor) = query.after {
+            // Row comparison: the index on (user_id, recorded_on, create_time, id)
+            // seeks straight to the cursor.
+            sql.push(format_args!(
+                " AND (recorded_on, create_time, id) {compare} ("
+            ))
+            .push_bind(cursor.recorded_on)
+            .push(", ")
+            .push_bind(heft_service::time::from_micros(cursor.create_time_micros))
+            .push(", ")
+            .push_bind(cursor.id.0)
+            .push(")");
+        }
+        sql.push(format_args!(
+            " ORDER BY recorded_on {direction}, create_time {direction}, id {direction} LIMIT "
+        ))
+        .push_bind(i64::from(query.limit));
+        let rows = sql
+            .build_query_as::<EntryRow>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        into_entries(rows)
+    }
+
+    async fn entries_in_range(&self, user_id: UserId, range: DateRange) -> StoreResult<Vec<Entry>> {
+        let rows = sqlx::query_as::<_, EntryRow>(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM entries
+             WHERE user_id = $1
+               AND recorded_on >= COALESCE($2, '-infinity'::date)
+               AND recorded_on <= COALESCE($3, 'infinity'::date)
+             ORDER BY recorded_on, create_time, id"
+        ))
+        .bind(user_id.0)
+        .bind(range.start)
+        .bind(range.end)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        into_entries(rows)
+    }
+
+    async fn update_entry(
+        &self,
+        id: EntryId,
+        patch: &EntryPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Entry> {
+        sqlx::query_as::<_, EntryRow>(concat!(
+            "UPDATE entries SET
+                value = COALESCE($2, value),
+                unit = COALESCE($3, unit),
+                recorded_on = COALESCE($4, recorded_on),
+                note = COALESCE($5, note),
+                update_time = $6
+             WHERE id = $1
+             RETURNING ",
+            entry_columns!()
+        ))
+        .bind(id.0)
+        .bind(patch.weight.map(Weight::value))
+        .bind(patch.weight.map(|w| unit_code(w.unit())))
+        .bind(patch.recorded_on.map(RecordedOn::date))
+        .bind(patch.note.as_ref().map(Note::as_str))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
+    }
+
+    async fn delete_entry(&self, id: EntryId) -> StoreResult<()> {
+        let deleted = sqlx::query("DELETE FROM entries WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn purge_user(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<u64> {
+        let mut tx = self.lock_user(user_id, true).await?;
+        sqlx::query("INSERT INTO purged_users (user_id, purged_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING")
+            .bind(user_id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let deleted = sqlx::query("DELETE FROM entries WHERE user_id = $1")
+            .bind(user_id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(deleted.rows_affected())
+    }
+
+    async fn is_purged(&self, user_id: UserId) -> StoreResult<bool> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
+            .bind(user_id.0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
+    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        sqlx::query("INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(candidate)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        sqlx::query_scalar("SELECT key FROM signing_keys WHERE name = 'page_token'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+}

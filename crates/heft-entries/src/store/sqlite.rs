@@ -1,0 +1,346 @@
+//! SQLite backend: the embedded default. One writer at a time (WAL mode).
+//!
+//! Serialising creates against purges: both run in `BEGIN IMMEDIATE`
+//! transactions, which take SQLite's single write lock before reading, so the
+//! tombstone check and the insert of a create cannot interleave with a purge.
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use heft_service::time::{from_micros, to_micros};
+use sqlx::{
+    QueryBuilder, Sqlite, SqlitePool, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use uuid::Uuid;
+
+use super::{EntryStore, MAX_BATCH, StoreError, StoreResult};
+use crate::domain::{
+    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
+    UserId, Weight, WeightUnit,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/entries/sqlite");
+
+macro_rules! entry_columns {
+    () => {
+        "id, user_id, value, unit, recorded_on, note, create_time, update_time"
+    };
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteEntryStore {
+    pool: SqlitePool,
+}
+
+impl SqliteEntryStore {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options: SqliteConnectOptions = url.parse()?;
+        if let Some(dir) = options.get_filename().parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Begins a transaction that holds the database's write lock.
+    async fn write_transaction(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    id: Uuid,
+    user_id: Uuid,
+    value: f64,
+    unit: i64,
+    recorded_on: NaiveDate,
+    note: String,
+    create_time: i64,
+    update_time: i64,
+}
+
+impl TryFrom<EntryRow> for Entry {
+    type Error = StoreError;
+
+    fn try_from(row: EntryRow) -> StoreResult<Self> {
+        let unit = i32::try_from(row.unit)
+            .ok()
+            .and_then(WeightUnit::from_code)
+            .ok_or(StoreError::Corrupt("entries.unit"))?;
+        Ok(Entry {
+            id: EntryId(row.id),
+            user_id: UserId(row.user_id),
+            weight: Weight::from_stored(row.value, unit),
+            recorded_on: RecordedOn::from_stored(row.recorded_on),
+            note: Note::from_stored(row.note),
+            create_time: from_micros(row.create_time),
+            update_time: from_micros(row.update_time),
+        })
+    }
+}
+
+fn unit_code(unit: WeightUnit) -> i64 {
+    match unit {
+        WeightUnit::Kilograms => 1,
+        WeightUnit::Pounds => 2,
+    }
+}
+
+fn into_entries(rows: Vec<EntryRow>) -> StoreResult<Vec<Entry>> {
+    rows.into_iter().map(Entry::try_from).collect()
+}
+
+#[async_trait]
+impl EntryStore for SqliteEntryStore {
+    async fn create_entry(
+        &self,
+        entry: &Entry,
+        request_id: Option<IdempotencyKey>,
+    ) -> StoreResult<Entry> {
+        let mut tx = self.write_transaction().await?;
+        let inserted = sqlx::query_as::<_, EntryRow>(concat!(
+            "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8
+             WHERE NOT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $2)
+             ON CONFLICT (user_id, request_id) DO NOTHING
+             RETURNING ",
+            entry_columns!()
+        ))
+        .bind(entry.id.0)
+        .bind(entry.user_id.0)
+        .bind(entry.weight.value())
+        .bind(unit_code(entry.weight.unit()))
+        .bind(entry.recorded_on.date())
+        .bind(entry.note.as_str())
+        .bind(request_id.map(|r| r.0))
+        .bind(to_micros(entry.create_time))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let created = match inserted {
+            Some(row) => row,
+            None => {
+                // Either the user is purged, or this request already ran.
+                let earlier = match request_id {
+                    Some(request_id) => sqlx::query_as::<_, EntryRow>(concat!(
+                        "SELECT ",
+                        entry_columns!(),
+                        " FROM entries WHERE user_id = $1 AND request_id = $2"
+                    ))
+                    .bind(entry.user_id.0)
+                    .bind(request_id.0)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?,
+                    None => None,
+                };
+                earlier.ok_or(StoreError::UserPurged)?
+            }
+        };
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        created.try_into()
+    }
+
+    async fn create_entries(&self, user_id: UserId, entries: &[Entry]) -> StoreResult<()> {
+        debug_assert!(entries.len() <= MAX_BATCH);
+        let mut tx = self.write_transaction().await?;
+        let purged: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
+                .bind(user_id.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        if purged {
+            return Err(StoreError::UserPurged);
+        }
+        // Multi-row INSERTs, well under SQLite's limit of bound parameters.
+        for chunk in entries.chunks(1_000) {
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time) ",
+            );
+            sql.push_values(chunk, |mut row, entry| {
+                row.push_bind(entry.id.0)
+                    .push_bind(user_id.0)
+                    .push_bind(entry.weight.value())
+                    .push_bind(unit_code(entry.weight.unit()))
+                    .push_bind(entry.recorded_on.date())
+                    .push_bind(entry.note.as_str())
+                    .push_bind(to_micros(entry.create_time))
+                    .push_bind(to_micros(entry.create_time));
+            });
+            sql.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        tx.commit().await.map_err(StoreError::from_sqlx)
+    }
+
+    async fn get_entry(&self, id: EntryId) -> StoreResult<Entry> {
+        sqlx::query_as::<_, EntryRow>(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM entries WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
+    }
+
+    async fn list_entries(&self, query: &ListQuery) -> StoreResult<Vec<Entry>> {
+        let (compare, direction) = match query.order {
+            SortOrder::Ascending => (">", "ASC"),
+            SortOrder::Descending => ("<", "DESC"),
+        };
+        let mut sql = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM entries WHERE user_id = "
+        ));
+        sql.push_bind(query.user_id.0);
+        if let Some(start) = query.range.start {
+            sql.push(" AND recorded_on >= ").push_bind(start);
+        }
+        if let Some(end) = query.range.end {
+            sql.push(" AND recorded_on <= ").push_bind(end);
+        }
+        if let Some(cursor) = query.after {
+            // Row comparison: the index on (user_id, recorded_on, create_time, id)
+            // serves it as a range.
+            sql.push(format_args!(
+                " AND (recorded_on, create_time, id) {compare} ("
+            ))
+            .push_bind(cursor.recorded_on)
+            .push(", ")
+            .push_bind(cursor.create_time_micros)
+            .push(", ")
+            .push_bind(cursor.id.0)
+            .push(")");
+        }
+        sql.push(format_args!(
+            " ORDER BY recorded_on {direction}, create_time {direction}, id {direction} LIMIT "
+        ))
+        .push_bind(i64::from(query.limit));
+        let rows = sql
+            .build_query_as::<EntryRow>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        into_entries(rows)
+    }
+
+    async fn entries_in_range(&self, user_id: UserId, range: DateRange) -> StoreResult<Vec<Entry>> {
+        let rows = sqlx::query_as::<_, EntryRow>(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM entries
+             WHERE user_id = $1
+               AND ($2 IS NULL OR recorded_on >= $2)
+               AND ($3 IS NULL OR recorded_on <= $3)
+             ORDER BY recorded_on, create_time, id"
+        ))
+        .bind(user_id.0)
+        .bind(range.start)
+        .bind(range.end)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        into_entries(rows)
+    }
+
+    async fn update_entry(
+        &self,
+        id: EntryId,
+        patch: &EntryPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Entry> {
+        sqlx::query_as::<_, EntryRow>(concat!(
+            "UPDATE entries SET
+                value = COALESCE($2, value),
+                unit = COALESCE($3, unit),
+                recorded_on = COALESCE($4, recorded_on),
+                note = COALESCE($5, note),
+                update_time = $6
+             WHERE id = $1
+             RETURNING ",
+            entry_columns!()
+        ))
+        .bind(id.0)
+        .bind(patch.weight.map(Weight::value))
+        .bind(patch.weight.map(|w| unit_code(w.unit())))
+        .bind(patch.recorded_on.map(RecordedOn::date))
+        .bind(patch.note.as_ref().map(Note::as_str))
+        .bind(to_micros(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
+    }
+
+    async fn delete_entry(&self, id: EntryId) -> StoreResult<()> {
+        let deleted = sqlx::query("DELETE FROM entries WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn purge_user(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<u64> {
+        let mut tx = self.write_transaction().await?;
+        sqlx::query("INSERT INTO purged_users (user_id, purged_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING")
+            .bind(user_id.0)
+            .bind(to_micros(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let deleted = sqlx::query("DELETE FROM entries WHERE user_id = $1")
+            .bind(user_id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(deleted.rows_affected())
+    }
+
+    async fn is_purged(&self, user_id: UserId) -> StoreResult<bool> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
+            .bind(user_id.0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
+    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        sqlx::query("INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(candidate)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        sqlx::query_scalar("SELECT key FROM signing_keys WHERE name = 'page_token'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+}

@@ -1,0 +1,115 @@
+//! Asks the users service whether a user exists, before an entry is created.
+//!
+//! Positive answers are cached briefly: a user deleted meanwhile is caught
+//! by the tombstone its purge leaves, so the cache cannot let an orphan in.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use heft_proto::users::v1::{GetUserRequest, user_service_client::UserServiceClient};
+use heft_service::{ErrorCode, RequestId, ServiceError, server::InternalCredentials};
+use tonic::{Code, transport::Channel};
+
+use crate::domain::UserId;
+
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(2);
+const CACHE_TTL: Duration = Duration::from_secs(60);
+const CACHE_CAPACITY: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("user not found")]
+    UserNotFound,
+    #[error("users service unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ServiceError for UsersError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            UsersError::UserNotFound => ErrorCode::NotFound,
+            UsersError::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            UsersError::UserNotFound => "USER_NOT_FOUND",
+            UsersError::Unavailable(_) => "USERS_SERVICE_UNAVAILABLE",
+        }
+    }
+}
+
+pub struct UsersClient {
+    client: UserServiceClient<Channel>,
+    credentials: InternalCredentials,
+    known: Mutex<HashMap<UserId, Instant>>,
+}
+
+impl UsersClient {
+    pub fn new(channel: Channel, credentials: InternalCredentials) -> Self {
+        Self {
+            client: UserServiceClient::new(channel),
+            credentials,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, user_id: UserId) -> bool {
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        known
+            .get(&user_id)
+            .is_some_and(|seen| seen.elapsed() < CACHE_TTL)
+    }
+
+    fn remember(&self, user_id: UserId) {
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if known.len() >= CACHE_CAPACITY {
+            known.retain(|_, seen| seen.elapsed() < CACHE_TTL);
+            if known.len() >= CACHE_CAPACITY {
+                known.clear();
+            }
+        }
+        known.insert(user_id, Instant::now());
+    }
+
+    pub async fn ensure_exists(
+        &self,
+        user_id: UserId,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), UsersError> {
+        if self.cached(user_id) {
+            return Ok(());
+        }
+        let request = self.credentials.request(
+            GetUserRequest {
+                id: user_id.to_string(),
+            },
+            request_id,
+            LOOKUP_DEADLINE,
+        );
+        match self.client.clone().get_user(request).await {
+            Ok(_) => {
+                self.remember(user_id);
+                Ok(())
+            }
+            Err(status) if status.code() == Code::NotFound => Err(UsersError::UserNotFound),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "users service lookup failed");
+                Err(UsersError::Unavailable(format!(
+                    "cannot confirm that the user exists ({:?})",
+                    status.code()
+                )))
+            }
+        }
+    }
+}
