@@ -1,0 +1,376 @@
+//! One contract for every `EntryStore` backend, run against SQLite and PostgreSQL.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::NaiveDate;
+use heft_entries::{
+    domain::{
+        Cursor, DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
+        SortOrder, UserId, Weight, WeightUnit,
+    },
+    store::{self, EntryStore, StoreError},
+};
+use heft_service::time;
+use heft_test_support::{TestDatabase, backend_tests};
+use uuid::Uuid;
+
+async fn open(db: &TestDatabase) -> Arc<dyn EntryStore> {
+    store::open(&db.url).await.expect("open store")
+}
+
+fn day(n: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(2024, 1, 1).expect("date") + chrono::Days::new(u64::from(n))
+}
+
+fn entry(user_id: UserId, on: NaiveDate, value: f64, unit: WeightUnit) -> Entry {
+    let now = time::now();
+    Entry {
+        id: EntryId::generate(),
+        user_id,
+        weight: Weight::new(value, unit).expect("weight"),
+        recorded_on: RecordedOn::from_stored(on),
+        note: Note::parse("after breakfast").expect("note"),
+        create_time: now,
+        update_time: now,
+    }
+}
+
+fn new_user() -> UserId {
+    UserId(Uuid::now_v7())
+}
+
+async fn list_all(
+    store: &dyn EntryStore,
+    user_id: UserId,
+    order: SortOrder,
+    page: u32,
+) -> Vec<Entry> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let batch = store
+            .list_entries(&ListQuery {
+                user_id,
+                range: DateRange::default(),
+                order,
+                after,
+                limit: page,
+            })
+            .await
+            .expect("list");
+        let Some(last) = batch.last() else { break };
+        after = Some(Cursor::after(last));
+        all.extend(batch);
+    }
+    all
+}
+
+backend_tests!(
+    stores_weights_exactly_as_given,
+    request_ids_make_creates_idempotent_even_concurrently,
+    batches_are_all_or_nothing,
+    lists_by_day_in_both_orders_with_keyset_pages,
+    updates_and_deletes_single_entries,
+    purge_deletes_everything_and_leaves_a_tombstone,
+    no_entry_survives_writers_racing_a_purge,
+);
+
+async fn stores_weights_exactly_as_given(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user();
+    let created = store
+        .create_entry(&entry(user, day(0), 180.0, WeightUnit::Pounds), None)
+        .await
+        .expect("create");
+    let read = store.get_entry(created.id).await.expect("get");
+    assert_eq!(read, created);
+    assert_eq!(read.weight.value(), 180.0);
+    assert_eq!(read.weight.unit(), WeightUnit::Pounds);
+    assert!(matches!(
+        store.get_entry(EntryId::generate()).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn request_ids_make_creates_idempotent_even_concurrently(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user();
+    let key = IdempotencyKey(Uuid::new_v4());
+    let attempts = (0..8).map(|_| {
+        let store = store.clone();
+        async move {
+            store
+                .create_entry(&entry(user, day(1), 80.0, WeightUnit::Kilograms), Some(key))
+                .await
+                .expect("create")
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    assert!(
+        results.iter().all(|e| e.id == results[0].id),
+        "one entry for one request id"
+    );
+    assert_eq!(
+        list_all(store.as_ref(), user, SortOrder::Ascending, 100)
+            .await
+            .len(),
+        1
+    );
+
+    // Another user may use the same request id.
+    let other = store
+        .create_entry(
+            &entry(new_user(), day(1), 80.0, WeightUnit::Kilograms),
+            Some(key),
+        )
+        .await
+        .expect("create");
+    assert_ne!(other.id, results[0].id);
+}
+
+async fn batches_are_all_or_nothing(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user();
+    let entries: Vec<_> = (0..10_000)
+        .map(|i| {
+            entry(
+                user,
+                day(i % 365),
+                70.0 + f64::from(i % 10),
+                WeightUnit::Kilograms,
+            )
+        })
+        .collect();
+    store.create_entries(user, &entries).await.expect("batch");
+    assert_eq!(
+        list_all(store.as_ref(), user, SortOrder::Ascending, 1000)
+            .await
+            .len(),
+        10_000
+    );
+
+    // A duplicate id in the middle fails the whole batch.
+    let mut clash: Vec<_> = (0..50)
+        .map(|i| entry(user, day(i), 70.0, WeightUnit::Kilograms))
+        .collect();
+    clash[25].id = entries[0].id;
+    assert!(store.create_entries(user, &clash).await.is_err());
+    assert!(matches!(
+        store.get_entry(clash[0].id).await,
+        Err(StoreError::NotFound)
+    ));
+
+    store.purge_user(user, time::now()).await.expect("purge");
+    let late = [entry(user, day(1), 70.0, WeightUnit::Kilograms)];
+    assert!(matches!(
+        store.create_entries(user, &late).await,
+        Err(StoreError::UserPurged)
+    ));
+}
+
+async fn lists_by_day_in_both_orders_with_keyset_pages(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user();
+    let mut created = Vec::new();
+    for n in [5, 1, 3, 3, 2, 4, 1] {
+        created.push(
+            store
+                .create_entry(&entry(user, day(n), 80.0, WeightUnit::Kilograms), None)
+                .await
+                .expect("create"),
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    store
+        .create_entry(&entry(new_user(), day(3), 1.0, WeightUnit::Kilograms), None)
+        .await
+        .expect("other user");
+
+    let mut expected = created.clone();
+    expected.sort_by_key(|e| (e.recorded_on, e.create_time, e.id));
+    let ascending = list_all(store.as_ref(), user, SortOrder::Ascending, 2).await;
+    assert_eq!(
+        ascending.iter().map(|e| e.id).collect::<Vec<_>>(),
+        expected.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    let descending = list_all(store.as_ref(), user, SortOrder::Descending, 3).await;
+    assert_eq!(
+        descending.iter().rev().map(|e| e.id).collect::<Vec<_>>(),
+        expected.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+
+    let range = DateRange {
+        start: Some(day(2)),
+        end: Some(day(3)),
+    };
+    let in_range = store
+        .list_entries(&ListQuery {
+            user_id: user,
+            range,
+            order: SortOrder::Ascending,
+            after: None,
+            limit: 100,
+        })
+        .await
+        .expect("range");
+    assert_eq!(in_range.len(), 3);
+    assert!(
+        in_range
+            .iter()
+            .all(|e| (day(2)..=day(3)).contains(&e.recorded_on.date()))
+    );
+    assert_eq!(
+        store.entries_in_range(user, range).await.expect("range"),
+        in_range
+    );
+
+    // An insert before the cursor does not shift the next page.
+    let first_page = store
+        .list_entries(&ListQuery {
+            user_id: user,
+            range: DateRange::default(),
+            order: SortOrder::Ascending,
+            after: None,
+            limit: 3,
+        })
+        .await
+        .expect("page");
+    store
+        .create_entry(&entry(user, day(0), 81.0, WeightUnit::Kilograms), None)
+        .await
+        .expect("insert");
+    let next = store
+        .list_entries(&ListQuery {
+            user_id: user,
+            range: DateRange::default(),
+            order: SortOrder::Ascending,
+            after: first_page.last().map(Cursor::after),
+            limit: 100,
+        })
+        .await
+        .expect("page");
+    assert_eq!(
+        next.iter().map(|e| e.id).collect::<Vec<_>>(),
+        expected[3..].iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+}
+
+async fn updates_and_deletes_single_entries(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user();
+    let created = store
+        .create_entry(&entry(user, day(1), 80.0, WeightUnit::Kilograms), None)
+        .await
+        .expect("create");
+    let later = time::now() + chrono::Duration::seconds(1);
+    let patch = EntryPatch {
+        weight: Some(Weight::new(170.0, WeightUnit::Pounds).expect("weight")),
+        note: Some(Note::parse("").expect("note")),
+        ..EntryPatch::default()
+    };
+    let updated = store
+        .update_entry(created.id, &patch, later)
+        .await
+        .expect("update");
+    assert_eq!(
+        (updated.weight.value(), updated.weight.unit()),
+        (170.0, WeightUnit::Pounds)
+    );
+    assert_eq!(updated.note.as_str(), "");
+    assert_eq!(updated.recorded_on, created.recorded_on);
+    assert_eq!(
+        (updated.create_time, updated.update_time),
+        (created.create_time, later)
+    );
+
+    store.delete_entry(created.id).await.expect("delete");
+    assert!(matches!(
+        store.delete_entry(created.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.update_entry(created.id, &patch, later).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn purge_deletes_everything_and_leaves_a_tombstone(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user();
+    let bystander = new_user();
+    let entries: Vec<_> = (0..500)
+        .map(|i| entry(user, day(i), 80.0, WeightUnit::Kilograms))
+        .collect();
+    store.create_entries(user, &entries).await.expect("batch");
+    store
+        .create_entry(&entry(bystander, day(1), 60.0, WeightUnit::Kilograms), None)
+        .await
+        .expect("create");
+
+    assert!(!store.is_purged(user).await.expect("tombstone"));
+    assert_eq!(
+        store.purge_user(user, time::now()).await.expect("purge"),
+        500
+    );
+    assert_eq!(store.purge_user(user, time::now()).await.expect("again"), 0);
+    assert!(store.is_purged(user).await.expect("tombstone"));
+    assert!(
+        list_all(store.as_ref(), user, SortOrder::Ascending, 100)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        list_all(store.as_ref(), bystander, SortOrder::Ascending, 100)
+            .await
+            .len(),
+        1
+    );
+    assert!(matches!(
+        store
+            .create_entry(&entry(user, day(1), 80.0, WeightUnit::Kilograms), None)
+            .await,
+        Err(StoreError::UserPurged)
+    ));
+}
+
+async fn no_entry_survives_writers_racing_a_purge(db: TestDatabase) {
+    let store = open(&db).await;
+    for _round in 0..5 {
+        let user = new_user();
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut created = 0;
+                    for i in 0..40 {
+                        match store
+                            .create_entry(
+                                &entry(user, day(w * 40 + i), 80.0, WeightUnit::Kilograms),
+                                None,
+                            )
+                            .await
+                        {
+                            Ok(_) => created += 1,
+                            Err(StoreError::UserPurged) => break,
+                            Err(other) => panic!("unexpected error: {other:?}"),
+                        }
+                    }
+                    created
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let purged = store.purge_user(user, time::now()).await.expect("purge");
+        let mut created = 0;
+        for writer in writers {
+            created += writer.await.expect("writer");
+        }
+        let left = list_all(store.as_ref(), user, SortOrder::Ascending, 1000).await;
+        assert!(
+            left.is_empty(),
+            "{} orphan entries (created {created}, purged {purged})",
+            left.len()
+        );
+        assert_eq!(purged, created as u64, "every created entry was purged");
+    }
+}
