@@ -1,0 +1,661 @@
+//! EntryService through its generated client, against real servers on port
+//! 0: the entries service and, behind it, the users service.
+
+use clap::Parser;
+use heft_proto::{
+    common::v1::{Weight, WeightUnit},
+    entries::v1::{self as pb, entry_service_client::EntryServiceClient},
+    google::r#type::Date,
+    users::v1::{CreateUserRequest, user_service_client::UserServiceClient},
+};
+use heft_test_support::{RunningService, TestDatabase};
+use prost_types::FieldMask;
+use tonic::{Code, Request, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+const KG: i32 = WeightUnit::Kilograms as i32;
+const LB: i32 = WeightUnit::Pounds as i32;
+
+struct Stack {
+    users: RunningService,
+    entries: RunningService,
+    _users_db: TestDatabase,
+    _entries_db: TestDatabase,
+}
+
+async fn start_stack(tokens: &[&str]) -> Stack {
+    let users_db = TestDatabase::sqlite();
+    let entries_db = TestDatabase::sqlite();
+    let mut users_args = vec![
+        "heft-users",
+        "--database-url",
+        &users_db.url,
+        "--entries-url",
+        "http://127.0.0.1:1",
+    ];
+    users_args.extend_from_slice(tokens);
+    let users_config = heft_users::Cli::try_parse_from(users_args)
+        .expect("flags")
+        .config;
+    let users = RunningService::start(move |listener, shutdown| {
+        heft_users::serve_with_listener(users_config, listener, shutdown)
+    })
+    .await;
+    let users_url = users.url();
+    let mut entries_args = vec![
+        "heft-entries",
+        "--database-url",
+        &entries_db.url,
+        "--users-url",
+        &users_url,
+    ];
+    entries_args.extend_from_slice(tokens);
+    let entries_config = heft_entries::Cli::try_parse_from(entries_args)
+        .expect("flags")
+        .config;
+    let entries = RunningService::start(move |listener, shutdown| {
+        heft_entries::serve_with_listener(entries_config, listener, shutdown)
+    })
+    .await;
+    Stack {
+        users,
+        entries,
+        _users_db: users_db,
+        _entries_db: entries_db,
+    }
+}
+
+impl Stack {
+    async fn entries(&self) -> EntryServiceClient<Channel> {
+        EntryServiceClient::connect(self.entries.url())
+            .await
+            .expect("connect")
+    }
+
+    async fn new_user(&self) -> String {
+        let mut users = UserServiceClient::connect(self.users.url())
+            .await
+            .expect("connect");
+        let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+        users
+            .create_user(CreateUserRequest {
+                email,
+                name: "Ada".into(),
+                password: "correct horse".into(),
+                weight_unit: KG,
+            })
+            .await
+            .expect("create user")
+            .into_inner()
+            .id
+    }
+}
+
+fn date(year: i32, month: i32, day: i32) -> Option<Date> {
+    Some(Date { year, month, day })
+}
+
+fn weight(value: f64, unit: i32) -> Option<Weight> {
+    Some(Weight { value, unit })
+}
+
+fn create(user_id: &str, value: f64, unit: i32, day: i32) -> pb::CreateEntryRequest {
+    pb::CreateEntryRequest {
+        user_id: user_id.to_owned(),
+        weight: weight(value, unit),
+        recorded_on: date(2024, 3, day),
+        note: String::new(),
+        request_id: String::new(),
+    }
+}
+
+fn assert_invalid(status: &Status, fields: &[&str]) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let mut named: Vec<_> = status
+        .get_error_details()
+        .bad_request()
+        .expect("bad request")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    named.sort();
+    let mut expected: Vec<_> = fields.iter().map(|f| (*f).to_owned()).collect();
+    expected.sort();
+    assert_eq!(named, expected, "{status:?}");
+}
+
+#[tokio::test]
+async fn weights_are_stored_as_given_and_converted_on_read() {
+    let stack = start_stack(&[]).await;
+    let mut client = stack.entries().await;
+    let user = stack.new_user().await;
+
+    let created = client
+        .create_entry(create(&user, 180.0, LB, 1))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(created.weight, weight(180.0, LB));
+    assert_eq!(created.user_id, user);
+
+    let as_kg = client
+        .get_entry(pb::GetEntryRequest {
+            id: created.id.clone(),
+            unit: KG,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .weight
+        .expect("weight");
+    assert_eq!(as_kg.unit, KG);
+    assert!((as_kg.value - 81.6466266).abs() < 1e-9, "{}", as_kg.value);
+    let as_stored = client
+        .get_entry(pb::GetEntryRequest {
+            id: created.id.clone(),
+            unit: 0,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(as_stored, created);
+
+    let missing = client
+        .get_entry(pb::GetEntryRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            unit: 0,
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn invalid_entries_name_every_bad_field() {
+    let stack = start_stack(&[]).await;
+    let mut client = stack.entries().await;
+
+    let status = client
+        .create_entry(pb::CreateEntryRequest {
+            user_id: "not-a-uuid".into(),
+            weight: weight(f64::NAN, KG),
+            recorded_on: date(2023, 2, 29),
+            note: "x".repeat(501),
+            request_id: "again".into(),
+        })
+        .await
+        .expect_err("invalid");
+    assert_invalid(
+        &status,
+        &[
+            "user_id",
+            "weight.value",
+            "recorded_on",
+            "note",
+            "request_id",
+        ],
+    );
+
+    let user = stack.new_user().await;
+    let cases = [
+        (weight(80.0, 0), date(2024, 1, 1), "weight.unit"),
+        (weight(1000.5, KG), date(2024, 1, 1), "weight.value"),
+        (weight(-3.0, LB), date(2024, 1, 1), "weight.value"),
+        (weight(f64::INFINITY, LB), date(2024, 1, 1), "weight.value"),
+        (None, date(2024, 1, 1), "weight"),
+        (weight(80.0, KG), date(1899, 12, 31), "recorded_on"),
+        (weight(80.0, KG), date(2999, 1, 1), "recorded_on"),
+        (weight(80.0, KG), date(2024, 0, 1), "recorded_on"),
+        (weight(80.0, KG), None, "recorded_on"),
+    ];
+    for (weight, recorded_on, field) in cases {
+        let status = client
+            .create_entry(pb::CreateEntryRequest {
+                user_id: user.clone(),
+                weight,
+                recorded_on,
+                note: String::new(),
+                request_id: String::new(),
+            })
+            .await
+            .expect_err(field);
+        assert_invalid(&status, &[field]);
+    }
+}
+
+#[tokio::test]
+async fn the_user_must_exist_and_the_users_service_be_reachable() {
+    let stack = start_stack(&[]).await;
+    let mut client = stack.entries().await;
+
+    let unknown = client
+        .create_entry(create(&uuid::Uuid::new_v4().to_string(), 80.0, KG, 1))
+        .await
+        .expect_err("unknown user");
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(
+        unknown
+            .get_error_details()
+            .error_info()
+            .expect("info")
+            .reason,
+        "USER_NOT_FOUND"
+    );
+
+    let user = stack.new_user().await;
+    let Stack {
+        users,
+        entries,
+        _users_db,
+        _entries_db,
+    } = stack;
+    users.stop().await.expect("stop users");
+    let mut client = EntryServiceClient::connect(entries.url())
+        .await
+        .expect("connect");
+    let unavailable = client
+        .create_entry(create(&user, 80.0, KG, 1))
+        .await
+        .expect_err("users down");
+    assert_eq!(unavailable.code(), Code::Unavailable, "{unavailable:?}");
+}
+
+#[tokio::test]
+async fn retries_with_a_request_id_return_the_first_entry() {
+    let stack = start_stack(&[]).await;
+    let mut client = stack.entries().await;
+    let user = stack.new_user().await;
+    let request = pb::CreateEntryRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ..create(&user, 80.0, KG, 2)
+    };
+    let first = client
+        .create_entry(request.clone())
+        .await
+        .expect("first")
+        .into_inner();
+    let retry = client
+        .create_entry(request)
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(first, retry);
+    let listed = client
+        .list_entries(pb::ListEntriesRequest {
+            user_id: user,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.entries.len(), 1);
+}
+
+#[tokio::test]
+async fn batches_are_atomic_and_bounded() {
+    let stack = start_stack(&[]).await;
+    let mut client = stack.entries().await;
+    let user = stack.new_user().await;
+    let new = |value: f64, day: i32| pb::NewEntry {
+        weight: weight(value, KG),
+        recorded_on: date(2024, 4, day),
+        note: String::new(),
+    };
+
+    let created = client
+        .batch_create_entries(pb::BatchCreateEntriesRequest {
+            user_id: user.clone(),
+            entries: vec![new(80.0, 1), new(79.5, 2), new(79.0, 3)],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(created.entries.len(), 3);
+
+    let bad = client
+        .batch_create_entries(pb::BatchCreateEntriesRequest {
+            user_id: user.clone(),
+            entries: vec![new(80.0, 4), new(-1.0, 5), new(80.0, 31)],
+        })
+        .await
+        .expect_err("bad entries");
+    assert_invalid(&bad, &["entries[1].weight.value", "entries[2].recorded_on"]);
+
+    let too_many = client
+        .batch_create_entries(pb::BatchCreateEntriesRequest {
+            user_id: user.clone(),
+            entries: vec![new(80.0, 1); 10_001],
+        })
+        .await
+        .expect_err("too many");
+    assert_invalid(&too_many, &["entries"]);
+
+    let listed = client
+        .list_entries(pb::ListEntriesRequest {
+            user_id: user,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.entries.len(), 3, "failed batches stored nothing");
+}
+
+#[tokio::test]
+async fn list_entries_pages_orders_filters_and_converts() {
+    let stack = start_stack(&[]).await;
+    let mut client = stack.entries().await;
+    let user = stack.new_user().await;
+    for day in 1..=9 {
+        client
+            .create_entry(create(&user, 170.0 + f64::from(day), LB, day))
+            .await
+            .expect("create");
+    }
+    let list = |page_size, page_token: String, order: pb::SortOrder| pb::ListEntriesRequest {
+        user_id: user.clone(),
+        start_date: date(2024, 3, 2),
+        end_date: date(2024, 3, 8),
+        page_size,
+        page_token,
+        unit: KG,
+        order: order as i32,
+    };
+
+    let mut days = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_entries(list(3, token, pb::SortOrder::Descending))
+            .await
+            .expect("list")
+            .into_inner();
+        days.extend(
+            page.entries
+                .iter()
+                .map(|e| e.recorded_on.expect("date").day),
+        );
+        assert!(
+            page.entries
+                .iter()
+                .all(|e| e.weight.expect("weight").unit == KG)
+        );
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(days, [8, 7, 6, 5, 4, 3, 2]);
+
+    let first = client
+        .list_entries(list(3, String::new(), pb::SortOrder::Ascending))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(first.entries[0].recorded_on, date(2024, 3, 2));
+    let other_filters = pb::ListEntriesRequest {
+        end_date: date(2024, 3, 9),
+        ..list(3, first.next_page_token.clone(), pb::SortOrder::Ascending)
+    };
+    let rejected = client
+        .list_entries(other_filters)
+        .await
+        .expect_err("token of other filters");
+    assert_invalid(&rejected, &["page_token"]);
+    let other_order = list(3, first.next_page_token, pb::SortOrder::Descending);
+    assert_invalid(
+        &client
+            .list_entries(other_order)
+            .await
+            .expect_err("token of other order"),
+        &["page_token"],
+    );
+
+    let negative = client
+        .list_entries(list(-5, String::new(), pb::SortOrder::Ascending))
+        .await
+        .expect_err("negative");
+    assert_invalid(&negative, &["page_size"]);
+    let backwards = pb::ListEntriesRequest {
+        start_date: date(2024, 3, 9),
+        ..list(3, String::new(), pb::SortOrder::Ascending)
+    };
+    assert_invalid(
+        &client
+            .list_entries(backwards)
+            .await
+            .expect_err("start after end"),
+        &["end_date"],
+    );
+}
+
+#[tokio::test]
+async fn update_and_delete_entries() {
+    let stack = start_stack(&[]).await;
+    let mut client = stack.entries().await;
+    let user = stack.new_user().await;
+    let created = client
+        .create_entry(create(&user, 80.0, KG, 1))
+        .await
+        .expect("create")
+        .into_inner();
+
+    let changes = pb::Entry {
+        id: created.id.clone(),
+        weight: weight(176.0, LB),
+        note: "new scale".into(),
+        ..Default::default()
+    };
+    let mask = |paths: &[&str]| {
+        Some(FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        })
+    };
+    let updated = client
+        .update_entry(pb::UpdateEntryRequest {
+            entry: Some(changes.clone()),
+            update_mask: mask(&["weight"]),
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.weight, weight(176.0, LB));
+    assert_eq!(updated.note, "");
+    assert_eq!(updated.recorded_on, created.recorded_on);
+
+    let bad_path = client
+        .update_entry(pb::UpdateEntryRequest {
+            entry: Some(changes.clone()),
+            update_mask: mask(&["user_id"]),
+        })
+        .await
+        .expect_err("immutable");
+    assert_invalid(&bad_path, &["update_mask"]);
+
+    client
+        .delete_entry(pb::DeleteEntryRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .expect("delete");
+    let again = client
+        .delete_entry(pb::DeleteEntryRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(again.code(), Code::NotFound);
+    let update_gone = client
+        .update_entry(pb::UpdateEntryRequest {
+            entry: Some(changes),
+            update_mask: mask(&["note"]),
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(update_gone.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn summaries_in_one_unit_with_the_trend() {
+    let stack = start_stack(&[]).await;
+    let mut client = stack.entries().await;
+    let user = stack.new_user().await;
+    // 100 kg, 99 kg, 100 kg (in pounds), 97 kg
+    for (value, unit, day) in [
+        (100.0, KG, 1),
+        (99.0, KG, 2),
+        (220.462_262_184_877_6, LB, 3),
+        (97.0, KG, 4),
+    ] {
+        client
+            .create_entry(create(&user, value, unit, day))
+            .await
+            .expect("create");
+    }
+    let summary = client
+        .summarize_entries(pb::SummarizeEntriesRequest {
+            user_id: user.clone(),
+            start_date: None,
+            end_date: None,
+            unit: 0,
+        })
+        .await
+        .expect("summary")
+        .into_inner();
+    let kg = |w: Option<Weight>| {
+        let w = w.expect("weight");
+        assert_eq!(w.unit, KG);
+        w.value
+    };
+    assert_eq!(summary.count, 4);
+    assert_eq!(kg(summary.min), 97.0);
+    assert!((kg(summary.max) - 100.0).abs() < 1e-9);
+    assert!((kg(summary.mean) - 99.0).abs() < 1e-9);
+    assert_eq!(kg(summary.change), -3.0);
+    assert!((kg(summary.trend) - 99.619).abs() < 1e-9);
+    assert_eq!(summary.first.expect("first").recorded_on, date(2024, 3, 1));
+    assert_eq!(summary.last.expect("last").recorded_on, date(2024, 3, 4));
+
+    let in_pounds = client
+        .summarize_entries(pb::SummarizeEntriesRequest {
+            user_id: user.clone(),
+            start_date: date(2024, 3, 3),
+            end_date: None,
+            unit: LB,
+        })
+        .await
+        .expect("summary")
+        .into_inner();
+    assert_eq!(in_pounds.count, 2);
+    assert_eq!(
+        in_pounds.max.expect("max"),
+        Weight {
+            value: 220.462_262_184_877_6,
+            unit: LB
+        }
+    );
+
+    let empty = client
+        .summarize_entries(pb::SummarizeEntriesRequest {
+            user_id: user,
+            start_date: date(2025, 1, 1),
+            end_date: None,
+            unit: 0,
+        })
+        .await
+        .expect("summary")
+        .into_inner();
+    assert_eq!(empty, pb::SummarizeEntriesResponse::default());
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    request
+}
+
+#[tokio::test]
+async fn purge_is_internal_only_idempotent_and_final() {
+    let stack = start_stack(&[
+        "--api-tokens",
+        "api-token",
+        "--internal-token",
+        "internal-token",
+    ])
+    .await;
+    let mut client = stack.entries().await;
+    let user = {
+        let mut users = UserServiceClient::connect(stack.users.url())
+            .await
+            .expect("connect");
+        users
+            .create_user(with_token(
+                CreateUserRequest {
+                    email: "gone@example.com".into(),
+                    name: "Gone".into(),
+                    password: "correct horse".into(),
+                    weight_unit: KG,
+                },
+                "api-token",
+            ))
+            .await
+            .expect("create user")
+            .into_inner()
+            .id
+    };
+    for day in 1..=3 {
+        client
+            .create_entry(with_token(create(&user, 80.0, KG, day), "api-token"))
+            .await
+            .expect("create");
+    }
+    let purge = || pb::PurgeUserEntriesRequest {
+        user_id: user.clone(),
+    };
+
+    let denied = client
+        .purge_user_entries(with_token(purge(), "api-token"))
+        .await
+        .expect_err("api token");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let anonymous = client
+        .purge_user_entries(purge())
+        .await
+        .expect_err("no token");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+    let purged = client
+        .purge_user_entries(with_token(purge(), "internal-token"))
+        .await
+        .expect("purge")
+        .into_inner();
+    assert_eq!(purged.deleted_count, 3);
+    let again = client
+        .purge_user_entries(with_token(purge(), "internal-token"))
+        .await
+        .expect("again")
+        .into_inner();
+    assert_eq!(again.deleted_count, 0);
+
+    let refused = client
+        .create_entry(with_token(create(&user, 80.0, KG, 4), "api-token"))
+        .await
+        .expect_err("purged user");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let listed = client
+        .list_entries(with_token(
+            pb::ListEntriesRequest {
+                user_id: user,
+                ..Default::default()
+            },
+            "api-token",
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.entries.is_empty());
+}
