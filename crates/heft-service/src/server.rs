@@ -90,7 +90,7 @@ pub async fn serve(
         let service_name = service_name.to_owned();
         async move {
             shutdown.await;
-            tracing::info!("shutting down: draining in-flight calls");
+            tracing::info!(service = %service_name, "shutting down: draining in-flight calls");
             for name in ["", service_name.as_str()] {
                 health
                     .set_service_status(name, ServingStatus::NotServing)
@@ -106,7 +106,7 @@ pub async fn serve(
             tracing::warn!(grace_secs = grace.as_secs(), "grace period over: dropping in-flight calls");
         }
     }
-    tracing::info!("stopped");
+    tracing::info!(service = service_name, "stopped");
     Ok(())
 }
 

@@ -1,0 +1,91 @@
+//! `heft`: one command for the whole stack. With no subcommand it runs both
+//! services in this process on their defaults (SQLite under `./data/`),
+//! configured by the same `HEFT_*` variables as their own binaries; Ctrl-C
+//! stops both cleanly. `heft users …` and `heft entries …` run one service,
+//! with the flags of `heft-users` and `heft-entries`.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::{net::TcpListener, sync::watch};
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "heft",
+    version,
+    about = "Run the heft users and entries services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    service: Option<Service>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Service {
+    /// Run only the users service (same flags as heft-users).
+    Users(heft_users::Config),
+    /// Run only the entries service (same flags as heft-entries).
+    Entries(heft_entries::Config),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let result = match Cli::parse().service {
+        Some(Service::Users(config)) => {
+            init_logging(&config.common).and(Ok(heft_users::run(config).await))
+        }
+        Some(Service::Entries(config)) => {
+            init_logging(&config.common).and(Ok(heft_entries::run(config).await))
+        }
+        None => run_both().await,
+    };
+    match result.and_then(|served| served) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("heft: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(common: &heft_service::config::CommonArgs) -> anyhow::Result<()> {
+    heft_service::telemetry::init(&common.log, common.log_format)
+}
+
+/// Both services, each configured from the environment alone.
+async fn run_both() -> anyhow::Result<anyhow::Result<()>> {
+    let users = heft_users::Cli::try_parse_from(["heft-users"])?.config;
+    let entries = heft_entries::Cli::try_parse_from(["heft-entries"])?.config;
+    init_logging(&users.common)?;
+
+    let users_listener = TcpListener::bind(users.listen).await?;
+    let entries_listener = TcpListener::bind(entries.listen).await?;
+    let (stop, stopped) = watch::channel(false);
+    let signal = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    tracing::info!(users = %users.listen, entries = %entries.listen, "starting both heft services");
+    let mut users = tokio::spawn(heft_users::serve_with_listener(
+        users,
+        users_listener,
+        signal(stopped.clone()),
+    ));
+    let mut entries = tokio::spawn(heft_entries::serve_with_listener(
+        entries,
+        entries_listener,
+        signal(stopped),
+    ));
+    // Whichever ends first (a signal, or a failure to start) stops the other.
+    let (first, other) = tokio::select! {
+        () = heft_service::server::shutdown_signal() => {
+            let _ = stop.send(true);
+            (users.await, entries)
+        }
+        served = &mut users => (served, entries),
+        served = &mut entries => (served, users),
+    };
+    let _ = stop.send(true);
+    let second = other.await;
+    Ok(first?.and(second?))
+}

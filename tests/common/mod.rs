@@ -1,0 +1,318 @@
+//! Both services as real processes of the `heft` binary, on real ports:
+//! stopped gracefully (SIGTERM) or killed (SIGKILL), restarted on the same
+//! port and database, their logs captured.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use heft_proto::{
+    common::v1::{Weight, WeightUnit},
+    entries::v1::{self as entries_pb, entry_service_client::EntryServiceClient},
+    google::r#type::Date,
+    users::v1::{self as users_pb, user_service_client::UserServiceClient},
+};
+use tonic::transport::Channel;
+
+pub const API_TOKEN: &str = "e2e-api-token";
+pub const INTERNAL_TOKEN: &str = "e2e-internal-token";
+
+/// A free port on loopback (released for the service to bind).
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Users,
+    Entries,
+}
+
+/// Where a service listens, what it stores in, and whom it calls.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub kind: Kind,
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub peer: SocketAddr,
+}
+
+/// One running service process.
+pub struct Process {
+    pub spec: ServiceSpec,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServiceSpec {
+    /// Starts the process and waits until its health check says SERVING.
+    pub async fn start(&self) -> Process {
+        let (subcommand, listen_flag, peer_flag) = match self.kind {
+            Kind::Users => ("users", "--listen", "--entries-url"),
+            Kind::Entries => ("entries", "--listen", "--users-url"),
+        };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_heft"));
+        command
+            .env_clear()
+            .env("HEFT_LOG", "info")
+            .args([subcommand, listen_flag, &self.listen.to_string()])
+            .args(["--database-url", &self.database_url])
+            .args([peer_flag, &format!("http://{}", self.peer)])
+            .args([
+                "--api-tokens",
+                API_TOKEN,
+                "--internal-token",
+                INTERNAL_TOKEN,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if self.kind == Kind::Users {
+            // Retry quickly, so that a restarted entries service is purged within a second or two.
+            command.args([
+                "--purge-retry-initial-ms",
+                "200",
+                "--purge-retry-max-ms",
+                "1000",
+                "--purge-poll-ms",
+                "100",
+                "--purge-immediate-timeout-ms",
+                "1000",
+            ]);
+        }
+        let mut child = command.spawn().expect("spawn heft");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log").push(line);
+            }
+        });
+        let process = Process {
+            spec: self.clone(),
+            child,
+            log,
+        };
+        process.wait_until_serving().await;
+        process
+    }
+}
+
+impl Process {
+    async fn wait_until_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://{}", self.spec.listen);
+        loop {
+            if let Ok(channel) = Channel::from_shared(url.clone())
+                .expect("url")
+                .connect()
+                .await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let check = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if check.is_ok_and(|r| r.into_inner().status == 1) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?} did not become healthy:\n{}",
+                self.spec.kind,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait");
+        assert!(
+            status.success(),
+            "graceful stop exits 0: {status:?}\n{}",
+            self.log_text()
+        );
+        self.log_text()
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn authorized<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {API_TOKEN}").parse().expect("ascii"),
+    );
+    request
+}
+
+pub struct Clients {
+    pub users: UserServiceClient<Channel>,
+    pub entries: EntryServiceClient<Channel>,
+}
+
+impl Clients {
+    pub fn new(users: SocketAddr, entries: SocketAddr) -> Self {
+        let lazy = |addr: SocketAddr| {
+            Channel::from_shared(format!("http://{addr}"))
+                .expect("url")
+                .connect_lazy()
+        };
+        Self {
+            users: UserServiceClient::new(lazy(users)),
+            entries: EntryServiceClient::new(lazy(entries)),
+        }
+    }
+
+    pub async fn create_user(&mut self) -> String {
+        let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+        self.users
+            .create_user(authorized(users_pb::CreateUserRequest {
+                email,
+                name: "E2E".into(),
+                password: "correct horse".into(),
+                weight_unit: WeightUnit::Kilograms as i32,
+            }))
+            .await
+            .expect("create user")
+            .into_inner()
+            .id
+    }
+
+    pub async fn import(&mut self, user_id: &str, count: usize) {
+        let entries = (0..count)
+            .map(|i| entries_pb::NewEntry {
+                weight: Some(Weight {
+                    value: 70.0 + (i % 20) as f64,
+                    unit: WeightUnit::Kilograms as i32,
+                }),
+                recorded_on: Some(Date {
+                    year: 2000 + (i / 365) as i32,
+                    month: 1,
+                    day: 1 + (i % 28) as i32,
+                }),
+                note: String::new(),
+            })
+            .collect();
+        self.entries
+            .batch_create_entries(authorized(entries_pb::BatchCreateEntriesRequest {
+                user_id: user_id.into(),
+                entries,
+            }))
+            .await
+            .expect("import");
+    }
+
+    pub async fn create_entry(
+        &mut self,
+        user_id: &str,
+    ) -> Result<entries_pb::Entry, tonic::Status> {
+        self.entries
+            .create_entry(authorized(entries_pb::CreateEntryRequest {
+                user_id: user_id.into(),
+                weight: Some(Weight {
+                    value: 80.0,
+                    unit: WeightUnit::Kilograms as i32,
+                }),
+                recorded_on: Some(Date {
+                    year: 2024,
+                    month: 5,
+                    day: 1,
+                }),
+                note: String::new(),
+                request_id: String::new(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn count_entries(&mut self, user_id: &str) -> usize {
+        let mut count = 0;
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .entries
+                .list_entries(authorized(entries_pb::ListEntriesRequest {
+                    user_id: user_id.into(),
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                }))
+                .await
+                .expect("list")
+                .into_inner();
+            count += page.entries.len();
+            page_token = page.next_page_token;
+            if page_token.is_empty() {
+                return count;
+            }
+        }
+    }
+
+    pub async fn delete_user(
+        &mut self,
+        user_id: &str,
+        request_id: Option<&str>,
+    ) -> Result<users_pb::DeleteUserResponse, tonic::Status> {
+        let mut request = authorized(users_pb::DeleteUserRequest { id: user_id.into() });
+        if let Some(id) = request_id {
+            request
+                .metadata_mut()
+                .insert("x-request-id", id.parse().expect("ascii"));
+        }
+        self.users
+            .delete_user(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn get_user(&mut self, user_id: &str) -> Result<users_pb::User, tonic::Status> {
+        self.users
+            .get_user(authorized(users_pb::GetUserRequest { id: user_id.into() }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Polls until the user has no entries left; returns how long it took.
+    pub async fn wait_until_purged(&mut self, user_id: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.count_entries(user_id).await == 0 {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "entries of {user_id} still there after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
