@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Static check of docker-compose.yml: catches a broken start order, a missing
+health check or an open (token-less) service without needing a Docker daemon."""
+
+import sys
+
+import yaml
+
+HEFT = ("users", "entries")
+REQUIRED_ENV = ("HEFT_API_TOKENS", "HEFT_INTERNAL_TOKEN")
+
+
+def env_of(service):
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # ["KEY=value", ...] form
+        env = dict(item.partition("=")[::2] for item in env)
+    return env
+
+
+def check(compose):
+    errors = []
+    services = compose.get("services") or {}
+    for name in ("postgres",) + HEFT:
+        if name not in services:
+            errors.append(f"service {name!r} is missing")
+    for name, service in services.items():
+        health = service.get("healthcheck") or {}
+        if not health.get("test") or health.get("disable"):
+            errors.append(f"{name}: no healthcheck")
+    for name in HEFT:
+        if name not in services:
+            continue
+        service = services[name] or {}
+        depends = service.get("depends_on") or {}
+        if not isinstance(depends, dict) or not depends:
+            errors.append(f"{name}: depends_on must use the long form with a condition")
+        else:
+            for dep, spec in depends.items():
+                if (spec or {}).get("condition") != "service_healthy":
+                    errors.append(f"{name}: depends_on {dep} lacks condition: service_healthy")
+            if "postgres" not in depends:
+                errors.append(f"{name}: does not wait for postgres")
+        env = env_of(service)
+        for var in REQUIRED_ENV:
+            if not str(env.get(var) or "").strip():
+                errors.append(f"{name}: {var} is not set")
+    return errors
+
+
+def main():
+    path = sys.argv[1] if len(sys.argv) > 1 else "docker-compose.yml"
+    try:
+        with open(path, encoding="utf-8") as f:
+            compose = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        sys.exit(f"{path}: {e}")
+    if not isinstance(compose, dict):
+        sys.exit(f"{path}: not a mapping")
+    errors = check(compose)
+    for error in errors:
+        print(f"{path}: {error}", file=sys.stderr)
+    if errors:
+        sys.exit(1)
+    print(f"{path}: ok ({', '.join(compose['services'])})")
+
+
+if __name__ == "__main__":
+    main()
