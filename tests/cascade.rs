@@ -33,12 +33,14 @@ impl Stack {
                 listen: users_addr,
                 database_url: db.url.clone(),
                 peer: entries_addr,
+                internal_token: common::INTERNAL_TOKEN,
             },
             entries_spec: ServiceSpec {
                 kind: Kind::Entries,
                 listen: entries_addr,
                 database_url: entries_db.url.clone(),
                 peer: users_addr,
+                internal_token: common::INTERNAL_TOKEN,
             },
             _databases: (db, entries_db),
         }
@@ -304,4 +306,33 @@ async fn replicas_deliver_each_pending_job_once() {
         delivered_by(&log_a),
         delivered_by(&log_b)
     );
+}
+
+/// A purge the entries service refuses for good (here: a wrong internal
+/// token) is parked for an operator after one attempt, not retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_purges_are_parked_not_retried() {
+    let stack = Stack::new(TestDatabase::sqlite()).await;
+    let misconfigured = ServiceSpec {
+        internal_token: "not-the-internal-token",
+        ..stack.users_spec.clone()
+    };
+    let entries = stack.entries_spec.start().await;
+    let users = misconfigured.start().await;
+    let mut clients = stack.clients();
+    let user = clients.create_user().await;
+
+    let deleted = clients.delete_user(&user, None).await.expect("delete");
+    assert_eq!(deleted.purge_state, PENDING);
+    // Several retry periods (200 ms, doubling) pass.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let entries_log = entries.stop();
+    let users_log = users.stop();
+    let attempts = entries_log
+        .lines()
+        .filter(|l| l.contains("PurgeUserEntries") && l.contains("rpc finished"))
+        .count();
+    assert_eq!(attempts, 1, "one delivery, then parked:\n{entries_log}");
+    assert!(users_log.contains("parked as failed"), "{users_log}");
 }

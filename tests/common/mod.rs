@@ -41,6 +41,8 @@ pub struct ServiceSpec {
     pub listen: SocketAddr,
     pub database_url: String,
     pub peer: SocketAddr,
+    /// The token this service presents to, and accepts from, the other one.
+    pub internal_token: &'static str,
 }
 
 /// One running service process.
@@ -68,7 +70,7 @@ impl ServiceSpec {
                 "--api-tokens",
                 API_TOKEN,
                 "--internal-token",
-                INTERNAL_TOKEN,
+                self.internal_token,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

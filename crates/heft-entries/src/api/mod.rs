@@ -43,17 +43,20 @@ impl EntryApi {
         }
     }
 
-    /// Entries can be added for users that exist and were never purged.
-    /// The tombstone is checked first: a deleted user is FAILED_PRECONDITION,
-    /// even while the users service is down.
+    /// Entries can be added for users that exist and were never purged. The
+    /// insert itself checks the tombstone (atomically with the purge), so the
+    /// tombstone is read here only to explain a refusal: a deleted user is
+    /// FAILED_PRECONDITION rather than NOT_FOUND, even while the users
+    /// service is down.
     async fn check_owner<T>(&self, user_id: UserId, request: &Request<T>) -> Result<(), ApiError> {
-        if self.store.is_purged(user_id).await? {
-            return Err(crate::store::StoreError::UserPurged.into());
+        match self.users.ensure_exists(user_id, request_id(request)).await {
+            Ok(()) => Ok(()),
+            Err(refusal) if self.store.is_purged(user_id).await? => {
+                tracing::debug!(%user_id, %refusal, "user is purged");
+                Err(crate::store::StoreError::UserPurged.into())
+            }
+            Err(refusal) => Err(refusal.into()),
         }
-        self.users
-            .ensure_exists(user_id, request_id(request))
-            .await?;
-        Ok(())
     }
 }
 

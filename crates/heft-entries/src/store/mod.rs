@@ -32,10 +32,7 @@ impl StoreError {
     fn from_sqlx(error: sqlx::Error) -> Self {
         match &error {
             sqlx::Error::RowNotFound => StoreError::NotFound,
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(error),
+            _ if heft_service::db::is_unavailable(&error) => StoreError::Unavailable(error),
             _ => StoreError::Database(error),
         }
     }

@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::{PgPool, Postgres, QueryBuilder, Transaction, postgres::PgPoolOptions};
+use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
 use super::{EntryStore, MAX_BATCH, StoreError, StoreResult};
@@ -34,13 +34,9 @@ pub struct PostgresEntryStore {
 
 impl PostgresEntryStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: heft_service::db::connect_postgres(url, &MIGRATOR).await?,
+        })
     }
 
     /// Begins a transaction holding the user's advisory lock: shared for
@@ -345,13 +341,7 @@ impl EntryStore for PostgresEntryStore {
     }
 
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        sqlx::query("INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING")
-            .bind(candidate)
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        sqlx::query_scalar("SELECT key FROM signing_keys WHERE name = 'page_token'")
-            .fetch_one(&self.pool)
+        heft_service::db::page_token_key_postgres(&self.pool, candidate)
             .await
             .map_err(StoreError::from_sqlx)
     }

@@ -7,10 +7,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use heft_service::time::{from_micros, to_micros};
-use sqlx::{
-    QueryBuilder, Sqlite, SqlitePool, Transaction,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::{EntryStore, MAX_BATCH, StoreError, StoreResult};
@@ -34,22 +31,9 @@ pub struct SqliteEntryStore {
 
 impl SqliteEntryStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let options: SqliteConnectOptions = url.parse()?;
-        if let Some(dir) = options.get_filename().parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: heft_service::db::connect_sqlite(url, &MIGRATOR).await?,
+        })
     }
 
     /// Begins a transaction that holds the database's write lock.
@@ -333,13 +317,7 @@ impl EntryStore for SqliteEntryStore {
     }
 
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        sqlx::query("INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING")
-            .bind(candidate)
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        sqlx::query_scalar("SELECT key FROM signing_keys WHERE name = 'page_token'")
-            .fetch_one(&self.pool)
+        heft_service::db::page_token_key_sqlite(&self.pool, candidate)
             .await
             .map_err(StoreError::from_sqlx)
     }

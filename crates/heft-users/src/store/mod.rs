@@ -39,10 +39,7 @@ impl StoreError {
         match &error {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::EmailTaken,
             sqlx::Error::RowNotFound => StoreError::NotFound,
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(error),
+            _ if heft_service::db::is_unavailable(&error) => StoreError::Unavailable(error),
             _ => StoreError::Database(error),
         }
     }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{StoreError, StoreResult, UserStore, corrupt};
@@ -20,13 +20,9 @@ pub struct PostgresUserStore {
 
 impl PostgresUserStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: heft_service::db::connect_postgres(url, &MIGRATOR).await?,
+        })
     }
 }
 
@@ -401,13 +397,7 @@ impl UserStore for PostgresUserStore {
     }
 
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        sqlx::query("INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING")
-            .bind(candidate)
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        sqlx::query_scalar("SELECT key FROM signing_keys WHERE name = 'page_token'")
-            .fetch_one(&self.pool)
+        heft_service::db::page_token_key_postgres(&self.pool, candidate)
             .await
             .map_err(StoreError::from_sqlx)
     }

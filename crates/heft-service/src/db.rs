@@ -1,0 +1,93 @@
+//! Database plumbing both services share: connecting and migrating, the
+//! classification of driver errors, and the shared signing key.
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool, SqlitePool,
+    migrate::Migrator,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+/// A call waits at most this long for a connection before `UNAVAILABLE`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to PostgreSQL and runs `migrator`.
+pub async fn connect_postgres(url: &str, migrator: &Migrator) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect(url)
+        .await?;
+    migrator.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Opens (creating file and directory if needed) a SQLite database in WAL
+/// mode and runs `migrator`.
+pub async fn connect_sqlite(url: &str, migrator: &Migrator) -> anyhow::Result<SqlitePool> {
+    let options: SqliteConnectOptions = url.parse()?;
+    if let Some(dir) = options.get_filename().parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(ACQUIRE_TIMEOUT)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await?;
+    migrator.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Whether the database could not be reached (worth `UNAVAILABLE`), as
+/// opposed to refusing a statement.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    )
+}
+
+// The same statements serve both backends ($1 is positional in SQLite too).
+const INSERT_PAGE_TOKEN_KEY: &str =
+    "INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING";
+const SELECT_PAGE_TOKEN_KEY: &str = "SELECT key FROM signing_keys WHERE name = 'page_token'";
+
+/// The page-token key of a PostgreSQL database, created from `candidate`
+/// by the first replica that asks.
+pub async fn page_token_key_postgres(
+    pool: &PgPool,
+    candidate: &[u8],
+) -> Result<Vec<u8>, sqlx::Error> {
+    sqlx::query(INSERT_PAGE_TOKEN_KEY)
+        .bind(candidate)
+        .execute(pool)
+        .await?;
+    sqlx::query_scalar(SELECT_PAGE_TOKEN_KEY)
+        .fetch_one(pool)
+        .await
+}
+
+/// [`page_token_key_postgres`] for SQLite.
+pub async fn page_token_key_sqlite(
+    pool: &SqlitePool,
+    candidate: &[u8],
+) -> Result<Vec<u8>, sqlx::Error> {
+    sqlx::query(INSERT_PAGE_TOKEN_KEY)
+        .bind(candidate)
+        .execute(pool)
+        .await?;
+    sqlx::query_scalar(SELECT_PAGE_TOKEN_KEY)
+        .fetch_one(pool)
+        .await
+}
