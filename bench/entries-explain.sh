@@ -44,7 +44,7 @@ q -c "CREATE TABLE big_user AS SELECT * FROM entries WHERE user_id = '$BIG'"
 timed() { # label, sql
   local start end
   q -c "INSERT INTO entries SELECT * FROM big_user ON CONFLICT DO NOTHING" -c "DELETE FROM purged_users" -c "VACUUM ANALYZE entries"
-  start=$(date +%s%N); q -c "$2"; end=$(date +%s%N)
+  start=$(date +%s%N); q -o /dev/null -c "$2"; end=$(date +%s%N)
   echo "$1: $(( (end - start) / 1000000 )) ms"
 }
 for round in 1 2 3; do

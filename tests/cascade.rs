@@ -242,13 +242,25 @@ async fn request_id_follows_a_deletion_across_services(db: TestDatabase) {
 
     let users_log = users.stop();
     let entries_log = entries.stop();
-    for (service, log) in [("users", &users_log), ("entries", &entries_log)] {
-        let lines: Vec<_> = log.lines().filter(|l| l.contains(&request_id)).collect();
-        assert!(
-            lines.iter().any(|l| l.contains(&user)),
-            "{service} log has no line with the request id and the user:\n{log}"
-        );
-    }
+    assert!(
+        users_log
+            .lines()
+            .any(|l| l.contains(&request_id) && l.contains(&user) && l.contains("entries purged")),
+        "users log has no line with the request id and the user:\n{users_log}"
+    );
+    // The entries service logs JSON: one object per line, the request id in the call's span.
+    let purge_line = entries_log
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).expect("a JSON object per line")
+        })
+        .find(|event| {
+            event["span"]["request_id"] == request_id.as_str() && event["user_id"] == user.as_str()
+        });
+    assert!(
+        purge_line.is_some(),
+        "entries log has no event with the request id and the user:\n{entries_log}"
+    );
     assert!(!users_log.contains(common::API_TOKEN) && !users_log.contains(common::INTERNAL_TOKEN));
     assert!(
         !entries_log.contains(common::API_TOKEN) && !entries_log.contains(common::INTERNAL_TOKEN)

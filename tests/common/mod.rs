@@ -63,6 +63,15 @@ impl ServiceSpec {
         command
             .env_clear()
             .env("HEFT_LOG", "info")
+            // Users logs lines for people, entries JSON objects: both formats are exercised.
+            .env(
+                "HEFT_LOG_FORMAT",
+                if self.kind == Kind::Entries {
+                    "json"
+                } else {
+                    "pretty"
+                },
+            )
             .args([subcommand, listen_flag, &self.listen.to_string()])
             .args(["--database-url", &self.database_url])
             .args([peer_flag, &format!("http://{}", self.peer)])

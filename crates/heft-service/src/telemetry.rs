@@ -1,6 +1,8 @@
 //! Logging: `HEFT_LOG` is a tracing filter, `HEFT_LOG_FORMAT` picks
 //! human-readable lines or one JSON object per line.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

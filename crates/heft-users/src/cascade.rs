@@ -188,20 +188,13 @@ impl Cascade {
         }
     }
 
-    /// Capped exponential backoff with jitter: half fixed, half random, so
-    /// that replicas retrying the same outage spread out.
     fn backoff(&self, attempts: i32) -> Duration {
-        let exponent = u32::try_from(attempts.saturating_sub(1))
-            .unwrap_or(0)
-            .min(20);
-        let max = self.args.purge_retry_max_ms.max(1);
-        let delay = self
-            .args
-            .purge_retry_initial_ms
-            .saturating_mul(1 << exponent)
-            .clamp(1, max);
-        let half = delay / 2;
-        Duration::from_millis(half + rand::thread_rng().gen_range(0..=delay - half))
+        retry_delay(
+            attempts,
+            self.args.purge_retry_initial_ms,
+            self.args.purge_retry_max_ms,
+            &mut rand::thread_rng(),
+        )
     }
 
     /// Delivers due jobs until `shutdown` turns true. A batch in flight is
@@ -290,6 +283,20 @@ impl Cascade {
     }
 }
 
+/// Capped exponential backoff with jitter: the delay doubles per attempt up
+/// to `max_ms`, and is half fixed, half random, so that replicas retrying
+/// the same outage spread out.
+fn retry_delay(attempts: i32, initial_ms: u64, max_ms: u64, rng: &mut impl Rng) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
+    let delay = initial_ms
+        .saturating_mul(1 << exponent)
+        .clamp(1, max_ms.max(1));
+    let half = delay / 2;
+    Duration::from_millis(half + rng.gen_range(0..=delay - half))
+}
+
 fn is_transient(code: Code) -> bool {
     matches!(
         code,
@@ -304,4 +311,41 @@ fn is_transient(code: Code) -> bool {
 
 fn describe(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_with_jitter_up_to_the_cap() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..100 {
+            let mut ms = |attempts| retry_delay(attempts, 500, 30_000, &mut rng).as_millis();
+            assert!((250..=500).contains(&ms(1)));
+            assert!((500..=1_000).contains(&ms(2)));
+            assert!((4_000..=8_000).contains(&ms(5)));
+            assert!((15_000..=30_000).contains(&ms(12)));
+            assert!((15_000..=30_000).contains(&ms(i32::MAX)));
+        }
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+        ] {
+            assert!(is_transient(code), "{code:?}");
+        }
+        for code in [
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::InvalidArgument,
+            Code::Internal,
+        ] {
+            assert!(!is_transient(code), "{code:?}");
+        }
+    }
 }
