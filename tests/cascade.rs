@@ -53,6 +53,28 @@ impl Stack {
         )
     }
 
+    /// A user with `entries` entries, deleted while the entries service is
+    /// stopped: the purge is left pending.
+    async fn pending_purge(&self, entries_service: Process, entries: usize) -> String {
+        let mut clients = self.clients();
+        let user = clients.create_user().await;
+        clients.import(&user, entries).await;
+        entries_service.stop();
+        let deleted = clients
+            .delete_user(&user, None)
+            .await
+            .expect("delete with entries down");
+        assert_eq!(
+            (deleted.purge_state, deleted.purged_entry_count),
+            (PENDING, 0)
+        );
+        assert_eq!(
+            clients.get_user(&user).await.expect_err("deleted").code(),
+            Code::NotFound
+        );
+        user
+    }
+
     fn clients(&self) -> Clients {
         Clients::new(self.users_spec.listen, self.entries_spec.listen)
     }
@@ -109,22 +131,7 @@ async fn pending_purge_completes_when_entries_returns(db: TestDatabase) {
     let stack = Stack::new(db).await;
     let (_users, entries) = stack.start().await;
     let mut clients = stack.clients();
-    let user = clients.create_user().await;
-    clients.import(&user, 50).await;
-
-    entries.stop();
-    let deleted = clients
-        .delete_user(&user, None)
-        .await
-        .expect("delete with entries down");
-    assert_eq!(
-        (deleted.purge_state, deleted.purged_entry_count),
-        (PENDING, 0)
-    );
-    assert_eq!(
-        clients.get_user(&user).await.expect_err("deleted").code(),
-        Code::NotFound
-    );
+    let user = stack.pending_purge(entries, 50).await;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let restarted = Instant::now();
@@ -152,15 +159,7 @@ async fn pending_purge_survives_a_killed_users_service(db: TestDatabase) {
     let stack = Stack::new(db).await;
     let (users, entries) = stack.start().await;
     let mut clients = stack.clients();
-    let user = clients.create_user().await;
-    clients.import(&user, 20).await;
-
-    entries.stop();
-    let deleted = clients
-        .delete_user(&user, None)
-        .await
-        .expect("delete with entries down");
-    assert_eq!(deleted.purge_state, PENDING);
+    let user = stack.pending_purge(entries, 20).await;
     users.kill();
 
     let (_users, _entries) = stack.start().await;

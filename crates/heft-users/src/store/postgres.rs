@@ -153,8 +153,7 @@ impl UserStore for PostgresUserStore {
                 update_time = $5
              WHERE id = $1
              RETURNING ",
-            user_columns!(),
-            ""
+            user_columns!()
         ))
         .bind(id.0)
         .bind(patch.email.as_ref().map(Email::as_str))

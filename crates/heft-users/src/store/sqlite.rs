@@ -156,8 +156,7 @@ impl UserStore for SqliteUserStore {
                 update_time = $5
              WHERE id = $1
              RETURNING ",
-            user_columns!(),
-            ""
+            user_columns!()
         ))
         .bind(id.0)
         .bind(patch.email.as_ref().map(Email::as_str))
