@@ -46,16 +46,31 @@ pub async fn connect_sqlite(url: &str, migrator: &Migrator) -> anyhow::Result<Sq
     Ok(pool)
 }
 
-/// Whether the database could not be reached (worth `UNAVAILABLE`), as
-/// opposed to refusing a statement.
+/// Whether a database error is worth retrying (`UNAVAILABLE`): the database
+/// was unreachable, overloaded, shutting down, or rolled the transaction back
+/// for a conflict; as opposed to refusing the statement for good.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
+    match error {
         sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-    )
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                // SQLSTATE classes 08 connection exception, 40 transaction
+                // rollback (deadlock, serialization), 53 insufficient
+                // resources, 57 operator intervention (shutdown).
+                matches!(pg.code().get(..2), Some("08" | "40" | "53" | "57"))
+            } else {
+                // SQLite primary result codes 5 (BUSY) and 6 (LOCKED); the low
+                // byte of an extended code is its primary code.
+                db.code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+            }
+        }
+        _ => false,
+    }
 }
 
 // The same statements serve both backends ($1 is positional in SQLite too).
