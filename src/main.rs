@@ -32,15 +32,17 @@ enum Service {
 #[tokio::main]
 async fn main() -> ExitCode {
     let result = match Cli::parse().service {
-        Some(Service::Users(config)) => {
-            init_logging(&config.common).and(Ok(heft_users::run(config).await))
-        }
-        Some(Service::Entries(config)) => {
-            init_logging(&config.common).and(Ok(heft_entries::run(config).await))
-        }
+        Some(Service::Users(config)) => match init_logging(&config.common) {
+            Ok(()) => heft_users::run(config).await,
+            Err(error) => Err(error),
+        },
+        Some(Service::Entries(config)) => match init_logging(&config.common) {
+            Ok(()) => heft_entries::run(config).await,
+            Err(error) => Err(error),
+        },
         None => run_both().await,
     };
-    match result.and_then(|served| served) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("heft: {error:#}");
@@ -54,7 +56,7 @@ fn init_logging(common: &heft_service::config::CommonArgs) -> anyhow::Result<()>
 }
 
 /// Both services, each configured from the environment alone.
-async fn run_both() -> anyhow::Result<anyhow::Result<()>> {
+async fn run_both() -> anyhow::Result<()> {
     let users = heft_users::Cli::try_parse_from(["heft-users"])?.config;
     let entries = heft_entries::Cli::try_parse_from(["heft-entries"])?.config;
     init_logging(&users.common)?;
@@ -87,5 +89,5 @@ async fn run_both() -> anyhow::Result<anyhow::Result<()>> {
     };
     let _ = stop.send(true);
     let second = other.await;
-    Ok(first?.and(second?))
+    first?.and(second?)
 }

@@ -9,7 +9,7 @@ use heft_proto::entries::v1::entry_service_server::EntryServiceServer;
 use heft_service::{
     config::CommonArgs,
     pagination::{PageTokens, generate_key},
-    server::{self, InternalCredentials, MAX_MESSAGE_BYTES},
+    server::{self, InternalCredentials},
 };
 use tokio::net::TcpListener;
 
@@ -17,6 +17,10 @@ pub mod api;
 pub mod domain;
 pub mod store;
 pub mod users_client;
+
+/// Largest request or response: a full batch (10,000 entries with 500-character
+/// notes of up to 4 bytes per character, ~21 MB) and its response fit.
+pub const MAX_MESSAGE_BYTES: usize = 24 * 1024 * 1024;
 
 /// The service name health checks and reflection know it by.
 pub const SERVICE_NAME: &str = "heft.entries.v1.EntryService";

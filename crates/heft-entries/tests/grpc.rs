@@ -70,6 +70,9 @@ impl Stack {
         EntryServiceClient::connect(self.entries.url())
             .await
             .expect("connect")
+            // A full batch's response exceeds tonic's default 4 MiB.
+            .max_decoding_message_size(heft_entries::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(heft_entries::MAX_MESSAGE_BYTES)
     }
 
     async fn new_user(&self) -> String {
@@ -333,13 +336,28 @@ async fn batches_are_atomic_and_bounded() {
 
     let listed = client
         .list_entries(pb::ListEntriesRequest {
-            user_id: user,
+            user_id: user.clone(),
             ..Default::default()
         })
         .await
         .expect("list")
         .into_inner();
     assert_eq!(listed.entries.len(), 3, "failed batches stored nothing");
+
+    // The largest batch the contract allows fits in a message, both ways.
+    let longest_note = pb::NewEntry {
+        note: "ü".repeat(500),
+        ..new(80.0, 1)
+    };
+    let largest = client
+        .batch_create_entries(pb::BatchCreateEntriesRequest {
+            user_id: user,
+            entries: vec![longest_note; 10_000],
+        })
+        .await
+        .expect("a full batch of the longest notes")
+        .into_inner();
+    assert_eq!(largest.entries.len(), 10_000);
 }
 
 #[tokio::test]

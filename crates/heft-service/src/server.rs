@@ -23,7 +23,7 @@ pub type HeftRouter = Router<Stack<RpcLayer, Identity>>;
 
 /// Limits every call, whatever deadline the caller asked for.
 const MAX_REQUEST_DURATION: Duration = Duration::from_secs(30);
-/// Bounds the memory a single request can claim (a full batch of entries is ~0.5 MiB).
+/// Bounds the memory a single request or response can claim.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A router with health, reflection (v1 and v1alpha) and the RPC layer; the

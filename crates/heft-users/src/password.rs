@@ -97,12 +97,19 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let _permit = self
+        // The permit moves into the blocking task: a caller that gives up
+        // (deadline, reset stream) does not free its slot while the hash runs.
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| HashError::Closed)?;
-        Ok(tokio::task::spawn_blocking(work).await?)
+        Ok(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await?)
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, HashError> {

@@ -50,7 +50,37 @@ backend_tests!(
     delete_records_a_purge_job_in_the_same_transaction,
     purge_jobs_are_claimed_once_and_settled,
     page_token_key_is_shared_by_every_opener,
+    password_hashes_are_replaced_only_if_unchanged,
 );
+
+async fn password_hashes_are_replaced_only_if_unchanged(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user("cas@example.com");
+    store.create_user(&user).await.expect("create");
+    let id = user.user.id;
+    let now = time::now();
+
+    assert!(
+        !store
+            .replace_password_hash(id, "$argon2id$stale", "$argon2id$new", now)
+            .await
+            .expect("cas")
+    );
+    assert_eq!(
+        store.password_hash(id).await.expect("hash"),
+        user.password_hash
+    );
+    assert!(
+        store
+            .replace_password_hash(id, &user.password_hash, "$argon2id$new", now)
+            .await
+            .expect("cas")
+    );
+    assert_eq!(
+        store.password_hash(id).await.expect("hash"),
+        "$argon2id$new"
+    );
+}
 
 async fn creates_reads_and_lists_users(db: TestDatabase) {
     let store = open(&db).await;

@@ -69,8 +69,15 @@ fn weight(
         format!("{field}.unit"),
         WeightUnit::from_code(raw.unit)
             .ok_or("must be WEIGHT_UNIT_KILOGRAMS or WEIGHT_UNIT_POUNDS"),
-    )?;
-    violations.check(format!("{field}.value"), Weight::new(raw.value, unit))
+    );
+    match unit {
+        Some(unit) => violations.check(format!("{field}.value"), Weight::new(raw.value, unit)),
+        // Without a unit only the unit-free checks apply; the unit is already named.
+        None => {
+            violations.check(format!("{field}.value"), Weight::check_value(raw.value));
+            None
+        }
+    }
 }
 
 fn date(raw: &Date) -> Result<NaiveDate, crate::domain::Invalid> {

@@ -97,6 +97,9 @@ pub fn calendar_date(year: i32, month: i32, day: i32) -> Result<NaiveDate, Inval
     if year == 0 || month == 0 || day == 0 {
         return Err(Invalid("must be a full date: year, month and day"));
     }
+    if !(1..=9999).contains(&year) {
+        return Err(Invalid("year must be between 1 and 9999"));
+    }
     NaiveDate::from_ymd_opt(year, month, day).ok_or(Invalid("must be a real calendar date"))
 }
 
@@ -203,6 +206,8 @@ mod tests {
         assert!(calendar_date(2024, 13, 1).is_err());
         assert!(calendar_date(2024, 0, 10).is_err());
         assert!(calendar_date(2024, -1, 10).is_err());
+        assert!(calendar_date(-5000, 1, 1).is_err());
+        assert!(calendar_date(10_000, 1, 1).is_err());
     }
 
     #[test]

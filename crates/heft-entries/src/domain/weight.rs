@@ -40,17 +40,23 @@ pub struct Weight {
 impl Weight {
     /// Finite, positive and at most 1000 kg (or the same in pounds).
     pub fn new(value: f64, unit: WeightUnit) -> Result<Self, Invalid> {
+        Self::check_value(value)?;
+        let weight = Self { value, unit };
+        if weight.kilograms() > MAX_KILOGRAMS {
+            return Err(Invalid("must be at most 1000 kg (2204.62 lb)"));
+        }
+        Ok(weight)
+    }
+
+    /// The checks a value passes whatever its unit: finite and positive.
+    pub fn check_value(value: f64) -> Result<(), Invalid> {
         if !value.is_finite() {
             return Err(Invalid("must be a finite number"));
         }
         if value <= 0.0 {
             return Err(Invalid("must be greater than 0"));
         }
-        let weight = Self { value, unit };
-        if weight.kilograms() > MAX_KILOGRAMS {
-            return Err(Invalid("must be at most 1000 kg (2204.62 lb)"));
-        }
-        Ok(weight)
+        Ok(())
     }
 
     /// A weight read back from storage, valid when it was written.

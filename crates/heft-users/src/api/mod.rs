@@ -15,7 +15,7 @@ use crate::{
     cascade::{Cascade, PurgeOutcome},
     domain::{Credentials, LoginAttempt, LoginThrottle, NewUser, User, UserId},
     password::PasswordHasher,
-    store::UserStore,
+    store::{StoreError, UserStore},
 };
 
 mod convert;
@@ -64,11 +64,12 @@ impl UserApi {
     ) -> ApiResult<()> {
         let id = credentials.user.id;
         let now = time::now();
-        if let LoginAttempt::Locked { until } = self
-            .store
-            .begin_login_attempt(id, self.throttle, now)
-            .await?
-        {
+        let attempt = match self.store.begin_login_attempt(id, self.throttle, now).await {
+            // Deleted since its credentials were read: as if it never existed.
+            Err(StoreError::NotFound) => return Err(wrong),
+            attempt => attempt?,
+        };
+        if let LoginAttempt::Locked { until } = attempt {
             warn!(user_id = %id, "login refused: too many failures");
             return Err(ApiError::LoginLocked {
                 retry_after: (until - now).to_std().unwrap_or_default(),
@@ -83,21 +84,26 @@ impl UserApi {
         }
         self.store.clear_login_failures(id).await?;
         if verification.needs_rehash {
-            self.rehash(id, password).await;
+            self.rehash(id, password, &credentials.password_hash).await;
         }
         Ok(())
     }
 
     /// Upgrades a hash made with weaker parameters; a failure only delays
     /// the upgrade to the next login.
-    async fn rehash(&self, id: UserId, password: &crate::domain::Password) {
+    async fn rehash(&self, id: UserId, password: &crate::domain::Password, old_hash: &str) {
         let upgraded = async {
             let hash = self.hasher.hash(password).await?;
-            self.store.set_password_hash(id, &hash, time::now()).await?;
-            Ok::<_, ApiError>(())
+            Ok::<_, ApiError>(
+                self.store
+                    .replace_password_hash(id, old_hash, &hash, time::now())
+                    .await?,
+            )
         };
         match upgraded.await {
-            Ok(()) => info!(user_id = %id, "password re-hashed with the configured parameters"),
+            Ok(true) => info!(user_id = %id, "password re-hashed with the configured parameters"),
+            // The password was changed meanwhile: the new hash stands.
+            Ok(false) => {}
             Err(error) => warn!(user_id = %id, %error, "cannot re-hash password"),
         }
     }
@@ -218,10 +224,20 @@ impl UserService for UserApi {
             .hash(&change.new)
             .await
             .map_err(ApiError::from)?;
-        self.store
-            .set_password_hash(change.id, &new_hash, time::now())
+        let replaced = self
+            .store
+            .replace_password_hash(
+                change.id,
+                &credentials.password_hash,
+                &new_hash,
+                time::now(),
+            )
             .await
             .map_err(ApiError::from)?;
+        if !replaced {
+            // Changed by a concurrent call: the password checked is no longer current.
+            return Err(ApiError::WrongCurrentPassword.into());
+        }
         info!(user_id = %change.id, "password changed");
         Ok(Response::new(()))
     }

@@ -38,6 +38,8 @@ impl StoreError {
     fn from_sqlx(error: sqlx::Error) -> Self {
         match &error {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::EmailTaken,
+            // Only rows that reference a user have foreign keys: that user is gone.
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
             sqlx::Error::RowNotFound => StoreError::NotFound,
             _ if heft_service::db::is_unavailable(&error) => StoreError::Unavailable(error),
             _ => StoreError::Database(error),
@@ -89,12 +91,16 @@ pub trait UserStore: Send + Sync + 'static {
 
     async fn password_hash(&self, id: UserId) -> StoreResult<String>;
 
-    async fn set_password_hash(
+    /// Replaces the hash only if it is still `expected` (compare-and-swap),
+    /// so that a re-hash or change based on a password checked a moment ago
+    /// never overwrites a newer password. False when the hash had changed.
+    async fn replace_password_hash(
         &self,
         id: UserId,
+        expected: &str,
         password_hash: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
 
     /// Atomically takes one login attempt for the account, counted as a
     /// failure until [`UserStore::clear_login_failures`]; refused when the

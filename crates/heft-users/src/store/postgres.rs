@@ -195,24 +195,24 @@ impl UserStore for PostgresUserStore {
             .ok_or(StoreError::NotFound)
     }
 
-    async fn set_password_hash(
+    async fn replace_password_hash(
         &self,
         id: UserId,
+        expected: &str,
         password_hash: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        let updated =
-            sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
-                .bind(id.0)
-                .bind(password_hash)
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+    ) -> StoreResult<bool> {
+        let updated = sqlx::query(
+            "UPDATE users SET password_hash = $3, update_time = $4 WHERE id = $1 AND password_hash = $2",
+        )
+        .bind(id.0)
+        .bind(expected)
+        .bind(password_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(updated.rows_affected() == 1)
     }
 
     async fn begin_login_attempt(
@@ -242,14 +242,15 @@ impl UserStore for PostgresUserStore {
         if taken.is_some() {
             return Ok(LoginAttempt::Allowed);
         }
-        let window_start: DateTime<Utc> =
+        // A success may have cleared the row since: refused for now, free to retry.
+        let window_start: Option<DateTime<Utc>> =
             sqlx::query_scalar("SELECT window_start FROM login_throttle WHERE user_id = $1")
                 .bind(id.0)
-                .fetch_one(&self.pool)
+                .fetch_optional(&self.pool)
                 .await
                 .map_err(StoreError::from_sqlx)?;
         Ok(LoginAttempt::Locked {
-            until: window_start + throttle.window,
+            until: window_start.map_or(now, |start| start + throttle.window),
         })
     }
 
