@@ -312,10 +312,16 @@ async fn replicas_deliver_each_pending_job_once() {
     }
     let (log_a, log_b) = (replica_a.stop(), replica_b.stop());
     let delivered_by = |log: &str| log.lines().filter(|l| l.contains("entries purged")).count();
-    eprintln!(
-        "deliveries: replica a {}, replica b {}",
-        delivered_by(&log_a),
-        delivered_by(&log_b)
+    let (by_a, by_b) = (delivered_by(&log_a), delivered_by(&log_b));
+    eprintln!("deliveries: replica a {by_a}, replica b {by_b}");
+    assert!(
+        by_a > 0 && by_b > 0,
+        "both replicas took jobs: a {by_a}, b {by_b}"
+    );
+    assert_eq!(
+        by_a + by_b,
+        users.len(),
+        "one acknowledged delivery per job"
     );
 }
 

@@ -182,7 +182,7 @@ async fn invalid_entries_name_every_bad_field() {
     let status = client
         .create_entry(pb::CreateEntryRequest {
             user_id: "not-a-uuid".into(),
-            weight: weight(f64::NAN, KG),
+            weight: weight(f64::NAN, 0),
             recorded_on: date(2023, 2, 29),
             note: "x".repeat(501),
             request_id: "again".into(),
@@ -193,6 +193,7 @@ async fn invalid_entries_name_every_bad_field() {
         &status,
         &[
             "user_id",
+            "weight.unit",
             "weight.value",
             "recorded_on",
             "note",
@@ -225,6 +226,18 @@ async fn invalid_entries_name_every_bad_field() {
             .expect_err(field);
         assert_invalid(&status, &[field]);
     }
+
+    // Filter dates outside google.type.Date's years are the caller's mistake.
+    let far_out = client
+        .list_entries(pb::ListEntriesRequest {
+            user_id: user,
+            start_date: date(-5000, 1, 1),
+            end_date: date(10_000, 1, 1),
+            ..Default::default()
+        })
+        .await
+        .expect_err("years out of range");
+    assert_invalid(&far_out, &["start_date", "end_date"]);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::NaiveDate;
+use futures::TryStreamExt;
 use heft_entries::{
     domain::{
         Cursor, DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
@@ -149,11 +150,12 @@ async fn batches_are_all_or_nothing(db: TestDatabase) {
         10_000
     );
 
-    // A duplicate id in the middle fails the whole batch.
-    let mut clash: Vec<_> = (0..50)
-        .map(|i| entry(user, day(i), 70.0, WeightUnit::Kilograms))
+    // A duplicate id late in the batch (past SQLite's first statement of
+    // 1,000 rows) fails the whole batch.
+    let mut clash: Vec<_> = (0..1_500)
+        .map(|i| entry(user, day(i % 365), 70.0, WeightUnit::Kilograms))
         .collect();
-    clash[25].id = entries[0].id;
+    clash[1_200].id = entries[0].id;
     assert!(store.create_entries(user, &clash).await.is_err());
     assert!(matches!(
         store.get_entry(clash[0].id).await,
@@ -220,7 +222,11 @@ async fn lists_by_day_in_both_orders_with_keyset_pages(db: TestDatabase) {
             .all(|e| (day(2)..=day(3)).contains(&e.recorded_on.date()))
     );
     assert_eq!(
-        store.entries_in_range(user, range).await.expect("range"),
+        store
+            .entries_in_range(user, range)
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("range"),
         in_range
     );
 
@@ -335,6 +341,7 @@ async fn purge_deletes_everything_and_leaves_a_tombstone(db: TestDatabase) {
 
 async fn no_entry_survives_writers_racing_a_purge(db: TestDatabase) {
     let store = open(&db).await;
+    let (mut total_created, mut writers_refused) = (0, 0);
     for _round in 0..5 {
         let user = new_user();
         let writers: Vec<_> = (0..8)
@@ -342,6 +349,7 @@ async fn no_entry_survives_writers_racing_a_purge(db: TestDatabase) {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let mut created = 0;
+                    let mut refused = false;
                     for i in 0..40 {
                         match store
                             .create_entry(
@@ -351,11 +359,14 @@ async fn no_entry_survives_writers_racing_a_purge(db: TestDatabase) {
                             .await
                         {
                             Ok(_) => created += 1,
-                            Err(StoreError::UserPurged) => break,
+                            Err(StoreError::UserPurged) => {
+                                refused = true;
+                                break;
+                            }
                             Err(other) => panic!("unexpected error: {other:?}"),
                         }
                     }
-                    created
+                    (created, refused)
                 })
             })
             .collect();
@@ -363,8 +374,11 @@ async fn no_entry_survives_writers_racing_a_purge(db: TestDatabase) {
         let purged = store.purge_user(user, time::now()).await.expect("purge");
         let mut created = 0;
         for writer in writers {
-            created += writer.await.expect("writer");
+            let (count, refused) = writer.await.expect("writer");
+            created += count;
+            writers_refused += usize::from(refused);
         }
+        total_created += created;
         let left = list_all(store.as_ref(), user, SortOrder::Ascending, 1000).await;
         assert!(
             left.is_empty(),
@@ -373,4 +387,9 @@ async fn no_entry_survives_writers_racing_a_purge(db: TestDatabase) {
         );
         assert_eq!(purged, created as u64, "every created entry was purged");
     }
+    // The purges landed while writers were still writing: a real race.
+    assert!(
+        total_created > 0 && writers_refused > 0,
+        "created {total_created}, refused {writers_refused}"
+    );
 }

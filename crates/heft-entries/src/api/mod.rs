@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use futures::TryStreamExt;
 use heft_proto::entries::v1::{self as pb, entry_service_server::EntryService};
 use heft_service::{
     caller,
@@ -14,7 +15,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::{
-    domain::{Cursor, Entry, EntryId, ListQuery, UserId, summarize},
+    domain::{Cursor, Entry, EntryId, ListQuery, Summarizer, UserId},
     store::EntryStore,
     users_client::UsersClient,
 };
@@ -200,12 +201,12 @@ impl EntryService for EntryApi {
     ) -> Result<Response<pb::SummarizeEntriesResponse>, Status> {
         let (user_id, range, unit) =
             convert::summarize(request.get_ref()).map_err(ApiError::from)?;
-        let entries = self
-            .store
-            .entries_in_range(user_id, range)
-            .await
-            .map_err(ApiError::from)?;
-        let response = match summarize(&entries, unit) {
+        let mut entries = self.store.entries_in_range(user_id, range);
+        let mut summarizer = Summarizer::new(unit);
+        while let Some(entry) = entries.try_next().await.map_err(ApiError::from)? {
+            summarizer.add(entry);
+        }
+        let response = match summarizer.finish() {
             None => pb::SummarizeEntriesResponse::default(),
             Some(summary) => {
                 let weight = |value| Some(convert::weight_to_proto(summary.weight(value)));

@@ -8,7 +8,7 @@ use uuid::Uuid;
 mod summary;
 mod weight;
 
-pub use summary::{Summary, summarize};
+pub use summary::{Summarizer, Summary, summarize};
 pub use weight::{Weight, WeightUnit};
 
 /// Why a raw value was refused; the edge names the field.

@@ -19,37 +19,76 @@ pub struct Summary {
     pub trend: f64,
 }
 
-/// Summarises `entries`, which must be in date order (recorded_on, then
-/// creation time). `None` when there are none.
-pub fn summarize(entries: &[Entry], unit: WeightUnit) -> Option<Summary> {
-    let (first, last) = (entries.first()?, entries.last()?);
-    let weights = entries.iter().map(|e| e.weight.value_in(unit));
-    let mut min = f64::INFINITY;
-    let mut max = f64::NEG_INFINITY;
-    let mut sum = 0.0;
-    let mut trend: Option<f64> = None;
-    for weight in weights {
-        min = min.min(weight);
-        max = max.max(weight);
-        sum += weight;
-        trend = Some(match trend {
-            None => weight,
-            Some(t) => t + TREND_SMOOTHING * (weight - t),
-        });
+/// Folds entries, in date order (recorded_on, then creation time), into a
+/// [`Summary`] in constant memory, however many there are.
+#[derive(Debug, Clone)]
+pub struct Summarizer {
+    unit: WeightUnit,
+    count: u64,
+    min: f64,
+    max: f64,
+    sum: f64,
+    trend: f64,
+    first: Option<Entry>,
+    last: Option<Entry>,
+}
+
+impl Summarizer {
+    pub fn new(unit: WeightUnit) -> Self {
+        Self {
+            unit,
+            count: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            sum: 0.0,
+            trend: 0.0,
+            first: None,
+            last: None,
+        }
     }
-    let first_weight = first.weight.value_in(unit);
-    let last_weight = last.weight.value_in(unit);
-    Some(Summary {
-        count: entries.len() as u64,
-        unit,
-        min,
-        max,
-        mean: sum / entries.len() as f64,
-        first: with_unit(first, unit),
-        last: with_unit(last, unit),
-        change: last_weight - first_weight,
-        trend: trend.unwrap_or(first_weight),
-    })
+
+    pub fn add(&mut self, entry: Entry) {
+        let weight = entry.weight.value_in(self.unit);
+        self.min = self.min.min(weight);
+        self.max = self.max.max(weight);
+        self.sum += weight;
+        // t₀ = w₀; tᵢ = tᵢ₋₁ + 0.1 (wᵢ − tᵢ₋₁)
+        self.trend = if self.count == 0 {
+            weight
+        } else {
+            self.trend + TREND_SMOOTHING * (weight - self.trend)
+        };
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(with_unit(&entry, self.unit));
+        }
+        self.last = Some(with_unit(&entry, self.unit));
+    }
+
+    /// `None` when no entry was added.
+    pub fn finish(self) -> Option<Summary> {
+        let (first, last) = (self.first?, self.last?);
+        Some(Summary {
+            count: self.count,
+            unit: self.unit,
+            min: self.min,
+            max: self.max,
+            mean: self.sum / self.count as f64,
+            change: last.weight.value() - first.weight.value(),
+            trend: self.trend,
+            first,
+            last,
+        })
+    }
+}
+
+/// Summarises `entries`, which must be in date order.
+pub fn summarize(entries: &[Entry], unit: WeightUnit) -> Option<Summary> {
+    let mut summarizer = Summarizer::new(unit);
+    for entry in entries {
+        summarizer.add(entry.clone());
+    }
+    summarizer.finish()
 }
 
 fn with_unit(entry: &Entry, unit: WeightUnit) -> Entry {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use heft_service::{ErrorCode, ServiceError};
 
 use crate::domain::{DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, UserId};
@@ -86,8 +87,13 @@ pub trait EntryStore: Send + Sync + 'static {
     /// One page of a user's entries in the query's order, after its cursor.
     async fn list_entries(&self, query: &ListQuery) -> StoreResult<Vec<Entry>>;
 
-    /// Every entry of a user in the range, oldest first.
-    async fn entries_in_range(&self, user_id: UserId, range: DateRange) -> StoreResult<Vec<Entry>>;
+    /// Every entry of a user in the range, oldest first, as a stream: a
+    /// summary of any number of entries needs constant memory.
+    fn entries_in_range(
+        &self,
+        user_id: UserId,
+        range: DateRange,
+    ) -> BoxStream<'_, StoreResult<Entry>>;
 
     async fn update_entry(
         &self,

@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::{StreamExt, stream::BoxStream};
 use heft_service::time::{from_micros, to_micros};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
@@ -230,8 +231,12 @@ impl EntryStore for SqliteEntryStore {
         into_entries(rows)
     }
 
-    async fn entries_in_range(&self, user_id: UserId, range: DateRange) -> StoreResult<Vec<Entry>> {
-        let rows = sqlx::query_as::<_, EntryRow>(concat!(
+    fn entries_in_range(
+        &self,
+        user_id: UserId,
+        range: DateRange,
+    ) -> BoxStream<'_, StoreResult<Entry>> {
+        sqlx::query_as::<_, EntryRow>(concat!(
             "SELECT ",
             entry_columns!(),
             " FROM entries
@@ -243,10 +248,9 @@ impl EntryStore for SqliteEntryStore {
         .bind(user_id.0)
         .bind(range.start)
         .bind(range.end)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        into_entries(rows)
+        .fetch(&self.pool)
+        .map(|row| row.map_err(StoreError::from_sqlx).and_then(Entry::try_from))
+        .boxed()
     }
 
     async fn update_entry(
