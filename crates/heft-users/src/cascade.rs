@@ -10,9 +10,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
 use heft_proto::entries::v1::{PurgeUserEntriesRequest, entry_service_client::EntryServiceClient};
-use heft_service::{RequestId, server::InternalCredentials, time};
+use heft_service::{RequestId, server::InternalCredentials};
 use rand::Rng;
 use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
@@ -104,10 +103,7 @@ impl Cascade {
             request_id: request_id.map(|id| id.0.clone()),
             attempts: 1,
         };
-        let now = time::now();
-        self.store
-            .delete_user(user_id, &job, now, now + LEASE)
-            .await?;
+        self.store.delete_user(user_id, &job, LEASE).await?;
         info!(%user_id, job_id = %job.id, "user deleted; purging entries");
 
         // Delivered on its own task: if the caller gives up on DeleteUser, the
@@ -150,13 +146,12 @@ impl Cascade {
 
     /// Records the result of a delivery on the job.
     async fn settle(&self, job: &PurgeJob, delivery: Delivery) {
-        let now = time::now();
         let job_id = job.id;
         let user_id = job.user_id;
         let settled = match delivery {
             Delivery::Purged(count) => {
                 info!(%user_id, %job_id, deleted_entries = count, attempts = job.attempts, "entries purged");
-                self.store.complete_purge_job(job_id, count, now).await
+                self.store.complete_purge_job(job_id, count).await
             }
             Delivery::Transient(status) => {
                 let delay = self.backoff(job.attempts);
@@ -165,9 +160,8 @@ impl Cascade {
                     code = ?status.code(), message = status.message(),
                     "purge not delivered; will retry"
                 );
-                let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
                 self.store
-                    .retry_purge_job(job_id, next, &describe(&status))
+                    .retry_purge_job(job_id, delay, &describe(&status))
                     .await
             }
             Delivery::Permanent(status) => {
@@ -175,11 +169,9 @@ impl Cascade {
                     %user_id, %job_id, attempts = job.attempts,
                     code = ?status.code(), message = status.message(),
                     "purge refused by the entries service; job parked as failed for an operator \
-                     (requeue: UPDATE purge_jobs SET state = 'pending' WHERE id = ...)"
+                     (requeue it by setting its state back to 'pending'; see the README)"
                 );
-                self.store
-                    .fail_purge_job(job_id, &describe(&status), now)
-                    .await
+                self.store.fail_purge_job(job_id, &describe(&status)).await
             }
         };
         if let Err(error) = settled {
@@ -221,13 +213,7 @@ impl Cascade {
 
     async fn dispatch_due_jobs(&self) {
         loop {
-            let now = time::now();
-            let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
-            let jobs = match self
-                .store
-                .claim_due_purge_jobs(now, lease_until, BATCH)
-                .await
-            {
+            let jobs = match self.store.claim_due_purge_jobs(LEASE, BATCH).await {
                 Ok(jobs) => jobs,
                 Err(error) => {
                     warn!(error = %heft_service::error::DisplayChain(&error), "cannot claim purge jobs");
@@ -256,10 +242,8 @@ impl Cascade {
     async fn log_queue_stats(&self) {
         match self.store.purge_queue_stats().await {
             Ok(stats) => {
-                let oldest_pending_age_secs = stats
-                    .oldest_pending
-                    .map(|oldest: DateTime<Utc>| (Utc::now() - oldest).num_seconds())
-                    .unwrap_or(0);
+                let oldest_pending_age_secs =
+                    stats.oldest_pending_age.map_or(0, |age| age.as_secs());
                 if stats.pending > 0 || stats.failed > 0 {
                     warn!(
                         pending = stats.pending,

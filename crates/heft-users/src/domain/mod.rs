@@ -207,7 +207,7 @@ pub struct PurgeJob {
 pub struct PurgeQueueStats {
     pub pending: i64,
     pub failed: i64,
-    pub oldest_pending: Option<DateTime<Utc>>,
+    pub oldest_pending_age: Option<std::time::Duration>,
 }
 
 #[cfg(test)]

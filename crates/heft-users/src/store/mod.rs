@@ -1,6 +1,6 @@
 //! Where users live: one trait, one module per database.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -115,46 +115,24 @@ pub trait UserStore: Send + Sync + 'static {
     async fn clear_login_failures(&self, id: UserId) -> StoreResult<()>;
 
     /// Deletes the user and records `job` in the purge outbox, in one
-    /// transaction. The job is claimed by the caller until `job_lease_until`.
-    async fn delete_user(
-        &self,
-        id: UserId,
-        job: &PurgeJob,
-        now: DateTime<Utc>,
-        job_lease_until: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    /// transaction. The job is claimed by the caller for `lease`.
+    ///
+    /// Outbox times come from the database's clock, so that replicas whose
+    /// clocks disagree still agree on every lease.
+    async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()>;
 
     /// Claims up to `limit` pending jobs that are due, so that no other
-    /// dispatcher (on any replica) takes them before `lease_until`.
-    async fn claim_due_purge_jobs(
-        &self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<PurgeJob>>;
+    /// dispatcher (on any replica) takes them during `lease`.
+    async fn claim_due_purge_jobs(&self, lease: Duration, limit: u32)
+    -> StoreResult<Vec<PurgeJob>>;
 
-    async fn complete_purge_job(
-        &self,
-        job_id: Uuid,
-        purged_entry_count: i64,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    async fn complete_purge_job(&self, job_id: Uuid, purged_entry_count: i64) -> StoreResult<()>;
 
-    /// Puts a claimed job back, due again at `next_attempt_at`.
-    async fn retry_purge_job(
-        &self,
-        job_id: Uuid,
-        next_attempt_at: DateTime<Utc>,
-        error: &str,
-    ) -> StoreResult<()>;
+    /// Puts a claimed job back, due again after `delay`.
+    async fn retry_purge_job(&self, job_id: Uuid, delay: Duration, error: &str) -> StoreResult<()>;
 
     /// Parks a job that cannot succeed by retrying, for an operator.
-    async fn fail_purge_job(
-        &self,
-        job_id: Uuid,
-        error: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    async fn fail_purge_job(&self, job_id: Uuid, error: &str) -> StoreResult<()>;
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats>;
 

@@ -1,6 +1,8 @@
 //! PostgreSQL backend: the production store.
 
 use async_trait::async_trait;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -263,13 +265,7 @@ impl UserStore for PostgresUserStore {
         Ok(())
     }
 
-    async fn delete_user(
-        &self,
-        id: UserId,
-        job: &PurgeJob,
-        now: DateTime<Utc>,
-        job_lease_until: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id.0)
@@ -281,14 +277,13 @@ impl UserStore for PostgresUserStore {
         }
         sqlx::query(
             "INSERT INTO purge_jobs (id, user_id, request_id, state, attempts, next_attempt_at, created_at)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6)",
+             VALUES ($1, $2, $3, 'pending', $4, now() + make_interval(secs => $5), now())",
         )
         .bind(job.id)
         .bind(job.user_id.0)
         .bind(job.request_id.as_deref())
         .bind(job.attempts)
-        .bind(job_lease_until)
-        .bind(now)
+        .bind(lease.as_secs_f64())
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
@@ -297,26 +292,25 @@ impl UserStore for PostgresUserStore {
 
     async fn claim_due_purge_jobs(
         &self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
+        lease: Duration,
         limit: u32,
     ) -> StoreResult<Vec<PurgeJob>> {
         // SKIP LOCKED: replicas claiming at the same moment take disjoint
         // jobs instead of queueing on each other's row locks. Moving
         // next_attempt_at to the end of the lease keeps the job out of every
-        // other claim until then.
+        // other claim until then. Times come from the database's clock, so
+        // replicas whose clocks disagree still agree on every lease.
         let rows = sqlx::query_as::<_, JobRow>(
-            "UPDATE purge_jobs SET next_attempt_at = $2, attempts = attempts + 1
+            "UPDATE purge_jobs SET next_attempt_at = now() + make_interval(secs => $1), attempts = attempts + 1
              WHERE id IN (
                 SELECT id FROM purge_jobs
-                WHERE state = 'pending' AND next_attempt_at <= $1
+                WHERE state = 'pending' AND next_attempt_at <= now()
                 ORDER BY next_attempt_at
-                LIMIT $3
+                LIMIT $2
                 FOR UPDATE SKIP LOCKED)
              RETURNING id, user_id, request_id, attempts",
         )
-        .bind(now)
-        .bind(lease_until)
+        .bind(lease.as_secs_f64())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
@@ -324,18 +318,12 @@ impl UserStore for PostgresUserStore {
         Ok(rows.into_iter().map(PurgeJob::from).collect())
     }
 
-    async fn complete_purge_job(
-        &self,
-        job_id: Uuid,
-        purged_entry_count: i64,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    async fn complete_purge_job(&self, job_id: Uuid, purged_entry_count: i64) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE purge_jobs SET state = 'done', completed_at = $2, purged_entry_count = $3, last_error = NULL
+            "UPDATE purge_jobs SET state = 'done', completed_at = now(), purged_entry_count = $2, last_error = NULL
              WHERE id = $1",
         )
         .bind(job_id)
-        .bind(now)
         .bind(purged_entry_count)
         .execute(&self.pool)
         .await
@@ -343,17 +331,13 @@ impl UserStore for PostgresUserStore {
         Ok(())
     }
 
-    async fn retry_purge_job(
-        &self,
-        job_id: Uuid,
-        next_attempt_at: DateTime<Utc>,
-        error: &str,
-    ) -> StoreResult<()> {
+    async fn retry_purge_job(&self, job_id: Uuid, delay: Duration, error: &str) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE purge_jobs SET next_attempt_at = $2, last_error = $3 WHERE id = $1 AND state = 'pending'",
+            "UPDATE purge_jobs SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3
+             WHERE id = $1 AND state = 'pending'",
         )
         .bind(job_id)
-        .bind(next_attempt_at)
+        .bind(delay.as_secs_f64())
         .bind(error)
         .execute(&self.pool)
         .await
@@ -361,18 +345,12 @@ impl UserStore for PostgresUserStore {
         Ok(())
     }
 
-    async fn fail_purge_job(
-        &self,
-        job_id: Uuid,
-        error: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    async fn fail_purge_job(&self, job_id: Uuid, error: &str) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE purge_jobs SET state = 'failed', last_error = $2, completed_at = $3 WHERE id = $1",
+            "UPDATE purge_jobs SET state = 'failed', last_error = $2, completed_at = now() WHERE id = $1",
         )
         .bind(job_id)
         .bind(error)
-        .bind(now)
         .execute(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
@@ -380,10 +358,10 @@ impl UserStore for PostgresUserStore {
     }
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats> {
-        let (pending, failed, oldest_pending): (i64, i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        let (pending, failed, oldest_age_secs): (i64, i64, Option<f64>) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state = 'pending'),
                     count(*) FILTER (WHERE state = 'failed'),
-                    min(created_at) FILTER (WHERE state = 'pending')
+                    EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8
              FROM purge_jobs WHERE state <> 'done'",
         )
         .fetch_one(&self.pool)
@@ -392,7 +370,7 @@ impl UserStore for PostgresUserStore {
         Ok(PurgeQueueStats {
             pending,
             failed,
-            oldest_pending,
+            oldest_pending_age: oldest_age_secs.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
         })
     }
 

@@ -2,8 +2,10 @@
 //! instants as integer microseconds.
 
 use async_trait::async_trait;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
-use heft_service::time::{from_micros, to_micros};
+use heft_service::time::{self, from_micros, to_micros};
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
@@ -90,6 +92,11 @@ macro_rules! user_columns {
 
 fn unit_code(unit: WeightUnit) -> i64 {
     unit.code().into()
+}
+
+/// SQLite is a local file: the local clock is the database's clock.
+fn later(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
 }
 
 #[async_trait]
@@ -266,13 +273,8 @@ impl UserStore for SqliteUserStore {
         Ok(())
     }
 
-    async fn delete_user(
-        &self,
-        id: UserId,
-        job: &PurgeJob,
-        now: DateTime<Utc>,
-        job_lease_until: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()> {
+        let now = time::now();
         // IMMEDIATE takes the write lock up front, so the transaction cannot
         // fail half-way on a lock upgrade.
         let mut tx = self
@@ -296,7 +298,7 @@ impl UserStore for SqliteUserStore {
         .bind(job.user_id.0)
         .bind(job.request_id.as_deref())
         .bind(job.attempts)
-        .bind(to_micros(job_lease_until))
+        .bind(to_micros(later(now, lease)))
         .bind(to_micros(now))
         .execute(&mut *tx)
         .await
@@ -306,13 +308,13 @@ impl UserStore for SqliteUserStore {
 
     async fn claim_due_purge_jobs(
         &self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
+        lease: Duration,
         limit: u32,
     ) -> StoreResult<Vec<PurgeJob>> {
         // One statement under SQLite's single writer lock: concurrent claims
         // cannot take the same job. Moving next_attempt_at to the end of the
         // lease keeps the job out of every other claim until then.
+        let now = time::now();
         let rows = sqlx::query_as::<_, JobRow>(
             "UPDATE purge_jobs SET next_attempt_at = $2, attempts = attempts + 1
              WHERE id IN (
@@ -323,7 +325,7 @@ impl UserStore for SqliteUserStore {
              RETURNING id, user_id, request_id, attempts",
         )
         .bind(to_micros(now))
-        .bind(to_micros(lease_until))
+        .bind(to_micros(later(now, lease)))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
@@ -331,18 +333,13 @@ impl UserStore for SqliteUserStore {
         Ok(rows.into_iter().map(PurgeJob::from).collect())
     }
 
-    async fn complete_purge_job(
-        &self,
-        job_id: Uuid,
-        purged_entry_count: i64,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    async fn complete_purge_job(&self, job_id: Uuid, purged_entry_count: i64) -> StoreResult<()> {
         sqlx::query(
             "UPDATE purge_jobs SET state = 'done', completed_at = $2, purged_entry_count = $3, last_error = NULL
              WHERE id = $1",
         )
         .bind(job_id)
-        .bind(to_micros(now))
+        .bind(to_micros(time::now()))
         .bind(purged_entry_count)
         .execute(&self.pool)
         .await
@@ -350,17 +347,12 @@ impl UserStore for SqliteUserStore {
         Ok(())
     }
 
-    async fn retry_purge_job(
-        &self,
-        job_id: Uuid,
-        next_attempt_at: DateTime<Utc>,
-        error: &str,
-    ) -> StoreResult<()> {
+    async fn retry_purge_job(&self, job_id: Uuid, delay: Duration, error: &str) -> StoreResult<()> {
         sqlx::query(
             "UPDATE purge_jobs SET next_attempt_at = $2, last_error = $3 WHERE id = $1 AND state = 'pending'",
         )
         .bind(job_id)
-        .bind(to_micros(next_attempt_at))
+        .bind(to_micros(later(time::now(), delay)))
         .bind(error)
         .execute(&self.pool)
         .await
@@ -368,18 +360,13 @@ impl UserStore for SqliteUserStore {
         Ok(())
     }
 
-    async fn fail_purge_job(
-        &self,
-        job_id: Uuid,
-        error: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    async fn fail_purge_job(&self, job_id: Uuid, error: &str) -> StoreResult<()> {
         sqlx::query(
             "UPDATE purge_jobs SET state = 'failed', last_error = $2, completed_at = $3 WHERE id = $1",
         )
         .bind(job_id)
         .bind(error)
-        .bind(to_micros(now))
+        .bind(to_micros(time::now()))
         .execute(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
@@ -399,7 +386,11 @@ impl UserStore for SqliteUserStore {
         Ok(PurgeQueueStats {
             pending,
             failed,
-            oldest_pending: oldest_pending.map(from_micros),
+            oldest_pending_age: oldest_pending.map(|created| {
+                (time::now() - from_micros(created))
+                    .to_std()
+                    .unwrap_or_default()
+            }),
         })
     }
 
