@@ -681,3 +681,96 @@ async fn postgres_backend_serves_the_same_api() {
         .into_inner();
     assert_eq!(deleted.purge_state, PurgeState::Pending as i32);
 }
+
+/// Reflection answers on v1 and v1alpha: what grpcurl and buf curl use.
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let channel = Channel::from_shared(service.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses
+            .message()
+            .await
+            .expect("response")
+            .and_then(|r| r.message_response)
+    else {
+        panic!("expected a list of services");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"heft.users.v1.UserService"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "heft.users.v1.UserService".to_owned(),
+            ),
+        ),
+    };
+    let mut responses = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("response")
+        .and_then(|r| r.message_response);
+    assert!(
+        matches!(
+            response,
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                if !files.file_descriptor_proto.is_empty()
+        ),
+        "{response:?}"
+    );
+}
+
+/// `heft-users healthcheck` exits 0 while the service is SERVING, and not
+/// once it has stopped: what the container health check relies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_subcommand_follows_the_service() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let listen = service.addr.to_string();
+    let healthcheck = move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_heft-users"))
+            .arg("healthcheck")
+            .env_clear()
+            // As in a container: the subcommand asks the service's own address.
+            .env("HEFT_USERS_LISTEN", &listen)
+            .output()
+            .expect("run heft-users healthcheck")
+    };
+    let serving = tokio::task::spawn_blocking(healthcheck.clone())
+        .await
+        .expect("join");
+    assert!(serving.status.success(), "{serving:?}");
+
+    service.stop().await.expect("stop");
+    let stopped = tokio::task::spawn_blocking(healthcheck)
+        .await
+        .expect("join");
+    assert!(!stopped.status.success(), "{stopped:?}");
+}
