@@ -109,14 +109,7 @@ async fn delete_user_purges_every_entry(db: TestDatabase) {
         clients.get_user(&user).await.expect_err("deleted").code(),
         Code::NotFound
     );
-    assert_eq!(
-        clients
-            .create_entry(&user)
-            .await
-            .expect_err("tombstone")
-            .code(),
-        Code::FailedPrecondition
-    );
+    assert_eq!(clients.entry_refusal(&user).await, Code::FailedPrecondition);
     assert_eq!(
         clients
             .delete_user(&user, None)
@@ -145,14 +138,7 @@ async fn pending_purge_completes_when_entries_returns(db: TestDatabase) {
         restarted.elapsed(),
         restarted.elapsed() - purged_after
     );
-    assert_eq!(
-        clients
-            .create_entry(&user)
-            .await
-            .expect_err("tombstone")
-            .code(),
-        Code::FailedPrecondition
-    );
+    assert_eq!(clients.entry_refusal(&user).await, Code::FailedPrecondition);
 }
 
 async fn pending_purge_survives_a_killed_users_service(db: TestDatabase) {
@@ -166,14 +152,7 @@ async fn pending_purge_survives_a_killed_users_service(db: TestDatabase) {
     clients
         .wait_until_purged(&user, Duration::from_secs(15))
         .await;
-    assert_eq!(
-        clients
-            .create_entry(&user)
-            .await
-            .expect_err("tombstone")
-            .code(),
-        Code::FailedPrecondition
-    );
+    assert_eq!(clients.entry_refusal(&user).await, Code::FailedPrecondition);
 }
 
 async fn writers_racing_deletions_leave_no_orphans(db: TestDatabase) {

@@ -265,6 +265,14 @@ impl Clients {
             .map(tonic::Response::into_inner)
     }
 
+    /// The status code a new entry for `user_id` is refused with.
+    pub async fn entry_refusal(&mut self, user_id: &str) -> tonic::Code {
+        self.create_entry(user_id)
+            .await
+            .expect_err("entry refused")
+            .code()
+    }
+
     pub async fn count_entries(&mut self, user_id: &str) -> usize {
         let mut count = 0;
         let mut page_token = String::new();

@@ -146,12 +146,20 @@ impl Violations {
         }
     }
 
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
+    /// Keeps the value, or records every violation of a nested check
+    /// (an update mask, say) alongside this request's own.
+    pub fn merge<T>(&mut self, result: Result<T, InvalidRequest>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(invalid) => {
+                self.0.extend(invalid.0);
+                None
+            }
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
     }
 
     /// `Ok(())` when nothing was recorded. Errors travel in response
@@ -171,6 +179,12 @@ impl Violations {
         }
         Err(InvalidRequest(self.0))
     }
+}
+
+/// A value kept by [`Violations::check`], once [`Violations::into_result`]
+/// said there was no violation: a failed check always records one.
+pub fn checked<T>(value: Option<T>) -> T {
+    value.unwrap_or_else(|| unreachable!("a failed check records a violation"))
 }
 
 /// A request with one or more invalid fields.

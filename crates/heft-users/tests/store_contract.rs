@@ -67,7 +67,7 @@ async fn password_hashes_are_replaced_only_if_unchanged(db: TestDatabase) {
             .expect("cas")
     );
     assert_eq!(
-        store.password_hash(id).await.expect("hash"),
+        store.credentials(id).await.expect("hash").password_hash,
         user.password_hash
     );
     assert!(
@@ -77,7 +77,7 @@ async fn password_hashes_are_replaced_only_if_unchanged(db: TestDatabase) {
             .expect("cas")
     );
     assert_eq!(
-        store.password_hash(id).await.expect("hash"),
+        store.credentials(id).await.expect("hash").password_hash,
         "$argon2id$new"
     );
 }

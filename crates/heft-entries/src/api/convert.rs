@@ -4,6 +4,7 @@ use chrono::NaiveDate;
 use heft_proto::{common::v1 as common, entries::v1 as pb, google::r#type::Date};
 use heft_service::{
     InvalidRequest, Violations,
+    error::checked,
     field_mask::{self, UpdateFields},
     time::to_timestamp,
 };
@@ -126,11 +127,6 @@ fn range(start: Option<&Date>, end: Option<&Date>, violations: &mut Violations) 
     DateRange { start, end }
 }
 
-/// Everything was checked: a missing value means a violation was recorded.
-fn checked<T>(value: Option<T>) -> T {
-    value.unwrap_or_else(|| unreachable!("a failed check records a violation"))
-}
-
 pub fn create_entry(
     request: &pb::CreateEntryRequest,
     today: NaiveDate,
@@ -239,19 +235,13 @@ pub fn update_entry(
     };
     let mut violations = Violations::new();
     let id = violations.check("entry.id", EntryId::parse(&entry.id));
-    let fields = match field_mask::resolve(
-        request.update_mask.as_ref(),
-        &["weight", "recorded_on", "note"],
-        &["id", "user_id", "create_time", "update_time"],
-    ) {
-        Ok(fields) => fields,
-        Err(invalid) => {
-            for v in invalid.0 {
-                violations.add(v.field, v.description);
-            }
-            UpdateFields::Named(Vec::new())
-        }
-    };
+    let fields = violations
+        .merge(field_mask::resolve(
+            request.update_mask.as_ref(),
+            &["weight", "recorded_on", "note"],
+            &["id", "user_id", "create_time", "update_time"],
+        ))
+        .unwrap_or(UpdateFields::Named(Vec::new()));
     let mut patch = EntryPatch::default();
     if fields.includes("weight", entry.weight.is_some()) {
         patch.weight = weight(entry.weight.as_ref(), "entry.weight", &mut violations);

@@ -3,6 +3,7 @@
 use heft_proto::users::v1 as pb;
 use heft_service::{
     InvalidRequest, Violations,
+    error::checked,
     field_mask::{self, UpdateFields},
     time::to_timestamp,
 };
@@ -48,37 +49,27 @@ pub fn create_user(request: pb::CreateUserRequest) -> Result<NewAccount, Invalid
     let password = violations.check("password", Password::parse(&request.password));
     let weight_unit = violations.check("weight_unit", weight_unit(request.weight_unit));
     violations.into_result()?;
-    match (email, name, password, weight_unit) {
-        (Some(email), Some(name), Some(password), Some(unit)) => Ok(NewAccount {
-            email,
-            name,
-            password,
-            weight_unit: unit.unwrap_or(WeightUnit::DEFAULT),
-        }),
-        _ => unreachable!("every failed check recorded a violation"),
-    }
+    Ok(NewAccount {
+        email: checked(email),
+        name: checked(name),
+        password: checked(password),
+        weight_unit: checked(weight_unit).unwrap_or(WeightUnit::DEFAULT),
+    })
 }
 
 pub fn update_user(request: pb::UpdateUserRequest) -> Result<(UserId, UserPatch), InvalidRequest> {
     let Some(user) = request.user else {
         return Err(InvalidRequest::single("user", "is required"));
     };
-    let fields = field_mask::resolve(
-        request.update_mask.as_ref(),
-        &["name", "email", "weight_unit"],
-        &["id", "create_time", "update_time"],
-    );
     let mut violations = Violations::new();
     let id = violations.check("user.id", UserId::parse(&user.id));
-    let fields = match fields {
-        Ok(fields) => fields,
-        Err(invalid) => {
-            for v in invalid.0 {
-                violations.add(v.field, v.description);
-            }
-            UpdateFields::Named(Vec::new())
-        }
-    };
+    let fields = violations
+        .merge(field_mask::resolve(
+            request.update_mask.as_ref(),
+            &["name", "email", "weight_unit"],
+            &["id", "create_time", "update_time"],
+        ))
+        .unwrap_or(UpdateFields::Named(Vec::new()));
     let mut patch = UserPatch::default();
     if fields.includes("email", !user.email.is_empty()) {
         patch.email = violations.check("user.email", Email::parse(&user.email));
@@ -94,8 +85,7 @@ pub fn update_user(request: pb::UpdateUserRequest) -> Result<(UserId, UserPatch)
         );
     }
     violations.into_result()?;
-    let id = id.unwrap_or_else(|| unreachable!("an invalid id is a violation"));
-    Ok((id, patch))
+    Ok((checked(id), patch))
 }
 
 pub fn change_password(
@@ -109,10 +99,11 @@ pub fn change_password(
     );
     let new = violations.check("new_password", Password::parse(&request.new_password));
     violations.into_result()?;
-    match (id, current, new) {
-        (Some(id), Some(current), Some(new)) => Ok(PasswordChange { id, current, new }),
-        _ => unreachable!("every failed check recorded a violation"),
-    }
+    Ok(PasswordChange {
+        id: checked(id),
+        current: checked(current),
+        new: checked(new),
+    })
 }
 
 pub fn authenticate(request: pb::AuthenticateRequest) -> Result<Login, InvalidRequest> {
@@ -120,10 +111,10 @@ pub fn authenticate(request: pb::AuthenticateRequest) -> Result<Login, InvalidRe
     let email = violations.check("email", Email::parse(&request.email));
     let password = violations.check("password", Password::for_login(&request.password));
     violations.into_result()?;
-    match (email, password) {
-        (Some(email), Some(password)) => Ok(Login { email, password }),
-        _ => unreachable!("every failed check recorded a violation"),
-    }
+    Ok(Login {
+        email: checked(email),
+        password: checked(password),
+    })
 }
 
 pub fn user_to_proto(user: &User) -> pb::User {

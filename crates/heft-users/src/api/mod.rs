@@ -199,20 +199,11 @@ impl UserService for UserApi {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
         let change = convert::change_password(request.into_inner()).map_err(ApiError::from)?;
-        let user = self
+        let credentials = self
             .store
-            .get_user(change.id)
+            .credentials(change.id)
             .await
             .map_err(ApiError::from)?;
-        let password_hash = self
-            .store
-            .password_hash(change.id)
-            .await
-            .map_err(ApiError::from)?;
-        let credentials = Credentials {
-            user,
-            password_hash,
-        };
         self.check_password(
             &credentials,
             &change.current,

@@ -29,7 +29,7 @@ pub enum StoreError {
     #[error("user database error")]
     Database(#[source] sqlx::Error),
     #[error("corrupt row in the user database: {0}")]
-    Corrupt(String),
+    Corrupt(&'static str),
 }
 
 impl StoreError {
@@ -89,7 +89,8 @@ pub trait UserStore: Send + Sync + 'static {
 
     async fn find_credentials(&self, email: &Email) -> StoreResult<Option<Credentials>>;
 
-    async fn password_hash(&self, id: UserId) -> StoreResult<String>;
+    /// The user with the stored hash, by id.
+    async fn credentials(&self, id: UserId) -> StoreResult<Credentials>;
 
     /// Replaces the hash only if it is still `expected` (compare-and-swap),
     /// so that a re-hash or change based on a password checked a moment ago
@@ -150,8 +151,4 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn UserStore>> {
     } else {
         anyhow::bail!("unsupported database url: expected postgres:// or sqlite://")
     }
-}
-
-fn corrupt(what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt(what.into())
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult, UserStore, corrupt};
+use super::{StoreError, StoreResult, UserStore};
 use crate::domain::{
     Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeQueueStats, User,
     UserId, UserName, UserPatch, WeightUnit,
@@ -44,10 +44,10 @@ impl TryFrom<UserRow> for User {
     fn try_from(row: UserRow) -> StoreResult<Self> {
         Ok(User {
             id: UserId(row.id),
-            email: Email::parse(&row.email).map_err(|_| corrupt("users.email"))?,
-            name: UserName::parse(&row.name).map_err(|_| corrupt("users.name"))?,
+            email: Email::parse(&row.email).map_err(|_| StoreError::Corrupt("users.email"))?,
+            name: UserName::parse(&row.name).map_err(|_| StoreError::Corrupt("users.name"))?,
             weight_unit: WeightUnit::from_code(row.weight_unit.into())
-                .ok_or_else(|| corrupt("users.weight_unit"))?,
+                .ok_or_else(|| StoreError::Corrupt("users.weight_unit"))?,
             create_time: row.create_time,
             update_time: row.update_time,
         })
@@ -188,13 +188,21 @@ impl UserStore for PostgresUserStore {
         .transpose()
     }
 
-    async fn password_hash(&self, id: UserId) -> StoreResult<String> {
-        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?
-            .ok_or(StoreError::NotFound)
+    async fn credentials(&self, id: UserId) -> StoreResult<Credentials> {
+        let row = sqlx::query_as::<_, CredentialsRow>(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", password_hash FROM users WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotFound)?;
+        Ok(Credentials {
+            user: row.user.try_into()?,
+            password_hash: row.password_hash,
+        })
     }
 
     async fn replace_password_hash(

@@ -9,7 +9,7 @@ use heft_service::time::{self, from_micros, to_micros};
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult, UserStore, corrupt};
+use super::{StoreError, StoreResult, UserStore};
 use crate::domain::{
     Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeQueueStats, User,
     UserId, UserName, UserPatch, WeightUnit,
@@ -46,12 +46,12 @@ impl TryFrom<UserRow> for User {
     fn try_from(row: UserRow) -> StoreResult<Self> {
         Ok(User {
             id: UserId(row.id),
-            email: Email::parse(&row.email).map_err(|_| corrupt("users.email"))?,
-            name: UserName::parse(&row.name).map_err(|_| corrupt("users.name"))?,
+            email: Email::parse(&row.email).map_err(|_| StoreError::Corrupt("users.email"))?,
+            name: UserName::parse(&row.name).map_err(|_| StoreError::Corrupt("users.name"))?,
             weight_unit: i32::try_from(row.weight_unit)
                 .ok()
                 .and_then(WeightUnit::from_code)
-                .ok_or_else(|| corrupt("users.weight_unit"))?,
+                .ok_or_else(|| StoreError::Corrupt("users.weight_unit"))?,
             create_time: from_micros(row.create_time),
             update_time: from_micros(row.update_time),
         })
@@ -196,13 +196,21 @@ impl UserStore for SqliteUserStore {
         .transpose()
     }
 
-    async fn password_hash(&self, id: UserId) -> StoreResult<String> {
-        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?
-            .ok_or(StoreError::NotFound)
+    async fn credentials(&self, id: UserId) -> StoreResult<Credentials> {
+        let row = sqlx::query_as::<_, CredentialsRow>(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", password_hash FROM users WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotFound)?;
+        Ok(Credentials {
+            user: row.user.try_into()?,
+            password_hash: row.password_hash,
+        })
     }
 
     async fn replace_password_hash(
