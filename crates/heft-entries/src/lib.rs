@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 pub mod api;
 pub mod domain;
+pub mod purge;
 pub mod store;
 pub mod users_client;
 
@@ -58,6 +59,8 @@ pub struct Config {
     pub users_url: String,
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub purge: purge::PurgeArgs,
 }
 
 /// Binds `HEFT_ENTRIES_LISTEN` and serves until SIGINT or SIGTERM.
@@ -74,6 +77,7 @@ pub async fn serve_with_listener(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let tokens = config.common.tokens()?;
     let store = store::open(&config.database_url).await?;
     let page_tokens = PageTokens::new(store.page_token_key(&generate_key()).await?);
     let users = users_client::UsersClient::new(
@@ -82,12 +86,11 @@ pub async fn serve_with_listener(
             config.common.client_tls()?,
             std::time::Duration::from_secs(1),
         )?,
-        InternalCredentials::new(config.common.internal_token.as_ref())?,
+        InternalCredentials::new(config.common.outgoing_internal_token())?,
     );
-    let api = api::EntryApi::new(store, users, page_tokens);
+    let api = api::EntryApi::new(store, users, page_tokens, config.purge.clone());
 
-    let (router, health) =
-        server::base_router(config.common.tokens(), config.common.server_tls()?).await?;
+    let (router, health) = server::base_router(tokens, config.common.server_tls()?).await?;
     let router = router.add_service(
         EntryServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

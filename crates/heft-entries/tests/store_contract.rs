@@ -9,7 +9,8 @@ use heft_entries::{
         Cursor, DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
         SortOrder, UserId, Weight, WeightUnit,
     },
-    store::{self, EntryStore, StoreError},
+    purge::{self, PurgeProgress},
+    store::{self, BatchDeleted, EntryStore, StoreError},
 };
 use heft_service::time;
 use heft_test_support::{TestDatabase, backend_tests};
@@ -34,6 +35,16 @@ fn entry(user_id: UserId, on: NaiveDate, value: f64, unit: WeightUnit) -> Entry 
         create_time: now,
         update_time: now,
     }
+}
+
+/// A whole purge in small batches, with all the time it needs.
+async fn purge_all(store: &dyn EntryStore, user: UserId) -> PurgeProgress {
+    let far = std::time::Instant::now() + Duration::from_secs(60);
+    let progress = purge::purge_user(store, user, time::now(), 7, far)
+        .await
+        .expect("purge");
+    assert!(progress.complete, "{progress:?}");
+    progress
 }
 
 fn new_user() -> UserId {
@@ -73,6 +84,8 @@ backend_tests!(
     lists_by_day_in_both_orders_with_keyset_pages,
     updates_and_deletes_single_entries,
     purge_deletes_everything_and_leaves_a_tombstone,
+    a_purge_cut_short_keeps_its_batches_and_resumes,
+    entry_owners_page_through_every_user_once,
     no_entry_survives_writers_racing_a_purge,
 );
 
@@ -162,7 +175,7 @@ async fn batches_are_all_or_nothing(db: TestDatabase) {
         Err(StoreError::NotFound)
     ));
 
-    store.purge_user(user, time::now()).await.expect("purge");
+    purge_all(store.as_ref(), user).await;
     let late = [entry(user, day(1), 70.0, WeightUnit::Kilograms)];
     assert!(matches!(
         store.create_entries(user, &late).await,
@@ -314,11 +327,10 @@ async fn purge_deletes_everything_and_leaves_a_tombstone(db: TestDatabase) {
         .expect("create");
 
     assert!(!store.is_purged(user).await.expect("tombstone"));
-    assert_eq!(
-        store.purge_user(user, time::now()).await.expect("purge"),
-        500
-    );
-    assert_eq!(store.purge_user(user, time::now()).await.expect("again"), 0);
+    let first = purge_all(store.as_ref(), user).await;
+    assert_eq!((first.deleted, first.total), (500, 500));
+    let again = purge_all(store.as_ref(), user).await;
+    assert_eq!((again.deleted, again.total), (0, 500));
     assert!(store.is_purged(user).await.expect("tombstone"));
     assert!(
         list_all(store.as_ref(), user, SortOrder::Ascending, 100)
@@ -337,6 +349,93 @@ async fn purge_deletes_everything_and_leaves_a_tombstone(db: TestDatabase) {
             .await,
         Err(StoreError::UserPurged)
     ));
+}
+
+async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user();
+    let entries: Vec<_> = (0..25)
+        .map(|i| entry(user, day(i), 80.0, WeightUnit::Kilograms))
+        .collect();
+    store.create_entries(user, &entries).await.expect("batch");
+
+    // Batches are only deleted behind a tombstone.
+    assert!(matches!(
+        store.delete_entries_batch(user, 10).await,
+        Err(StoreError::NotPurged)
+    ));
+
+    // A purge whose deadline has passed commits the tombstone and stops.
+    let cut = purge::purge_user(
+        store.as_ref(),
+        user,
+        time::now(),
+        10,
+        std::time::Instant::now(),
+    )
+    .await
+    .expect("purge");
+    assert_eq!(
+        cut,
+        PurgeProgress {
+            deleted: 0,
+            total: 0,
+            complete: false
+        }
+    );
+    assert!(store.is_purged(user).await.expect("tombstone"));
+    assert!(matches!(
+        store
+            .create_entry(&entry(user, day(1), 80.0, WeightUnit::Kilograms), None)
+            .await,
+        Err(StoreError::UserPurged)
+    ));
+
+    // Each batch commits on its own and adds to the running total.
+    assert_eq!(
+        store.delete_entries_batch(user, 10).await.expect("batch"),
+        BatchDeleted {
+            deleted: 10,
+            total: 10
+        }
+    );
+    assert_eq!(
+        list_all(store.as_ref(), user, SortOrder::Ascending, 100)
+            .await
+            .len(),
+        15
+    );
+    let resumed = purge_all(store.as_ref(), user).await;
+    assert_eq!((resumed.deleted, resumed.total), (15, 25));
+    assert!(
+        list_all(store.as_ref(), user, SortOrder::Ascending, 100)
+            .await
+            .is_empty()
+    );
+}
+
+async fn entry_owners_page_through_every_user_once(db: TestDatabase) {
+    let store = open(&db).await;
+    let mut users: Vec<(UserId, u64)> = Vec::new();
+    for count in [3u32, 1, 5, 2, 4] {
+        let user = new_user();
+        let entries: Vec<_> = (0..count)
+            .map(|i| entry(user, day(i), 80.0, WeightUnit::Kilograms))
+            .collect();
+        store.create_entries(user, &entries).await.expect("batch");
+        users.push((user, u64::from(count)));
+    }
+    users.sort();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.entry_owners(after, 2).await.expect("owners");
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.0);
+        seen.extend(page);
+    }
+    assert_eq!(seen, users);
 }
 
 async fn no_entry_survives_writers_racing_a_purge(db: TestDatabase) {
@@ -371,7 +470,7 @@ async fn no_entry_survives_writers_racing_a_purge(db: TestDatabase) {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let purged = store.purge_user(user, time::now()).await.expect("purge");
+        let purged = purge_all(store.as_ref(), user).await.deleted;
         let mut created = 0;
         for writer in writers {
             let (count, refused) = writer.await.expect("writer");

@@ -93,39 +93,46 @@ fn digest(token: &str) -> Digest32 {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The configured API tokens and internal token.
+/// The configured API tokens and internal tokens (several during a rotation).
 #[derive(Clone, Default)]
 pub struct Tokens {
     api: Vec<Digest32>,
-    internal: Option<Digest32>,
+    internal: Vec<Digest32>,
 }
 
 impl fmt::Debug for Tokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokens")
             .field("api", &self.api.len())
-            .field("internal", &self.internal.is_some())
+            .field("internal", &self.internal.len())
             .finish()
     }
 }
 
 impl Tokens {
-    pub fn new<'a>(api: impl IntoIterator<Item = &'a Secret>, internal: Option<&Secret>) -> Self {
+    pub fn new<'a>(
+        api: impl IntoIterator<Item = &'a Secret>,
+        internal: impl IntoIterator<Item = &'a Secret>,
+    ) -> Self {
         Self {
-            api: api
-                .into_iter()
-                .filter(|t| !t.expose().is_empty())
-                .map(|t| digest(t.expose()))
-                .collect(),
-            internal: internal
-                .filter(|t| !t.expose().is_empty())
-                .map(|t| digest(t.expose())),
+            api: digests(api),
+            internal: digests(internal),
         }
     }
 
     /// No token configured at all: every call is allowed.
     pub fn is_open(&self) -> bool {
-        self.api.is_empty() && self.internal.is_none()
+        self.api.is_empty() && self.internal.is_empty()
+    }
+
+    /// API tokens without an internal token would leave the cascade unable
+    /// to authenticate: refused at start-up rather than found out later.
+    pub fn check_complete(&self) -> Result<(), &'static str> {
+        if !self.api.is_empty() && self.internal.is_empty() {
+            return Err("HEFT_API_TOKENS is set but HEFT_INTERNAL_TOKEN is not: \
+                        set HEFT_INTERNAL_TOKEN (the same on both services) so that they can call each other");
+        }
+        Ok(())
     }
 
     /// Checks the value of an `authorization` header.
@@ -138,14 +145,13 @@ impl Tokens {
         let presented = digest(token);
 
         // Compare against every token without stopping at a match.
-        let is_internal = self
-            .internal
-            .map(|internal| bool::from(internal.ct_eq(&presented)))
-            .unwrap_or(false);
-        let is_api = self.api.iter().fold(subtle::Choice::from(0), |found, api| {
-            found | api.ct_eq(&presented)
-        });
-        if is_internal {
+        let matches = |tokens: &[Digest32]| {
+            tokens.iter().fold(subtle::Choice::from(0), |found, token| {
+                found | token.ct_eq(&presented)
+            })
+        };
+        let (is_internal, is_api) = (matches(&self.internal), matches(&self.api));
+        if bool::from(is_internal) {
             Ok(Caller::Internal)
         } else if bool::from(is_api) {
             Ok(Caller::Api)
@@ -153,6 +159,15 @@ impl Tokens {
             Err(AuthError::Invalid)
         }
     }
+}
+
+/// Blank tokens are no tokens (an empty `HEFT_API_TOKENS=` means none).
+fn digests<'a>(tokens: impl IntoIterator<Item = &'a Secret>) -> Vec<Digest32> {
+    tokens
+        .into_iter()
+        .filter(|t| !t.expose().trim().is_empty())
+        .map(|t| digest(t.expose()))
+        .collect()
 }
 
 fn bearer_token(header: &[u8]) -> Option<&str> {
@@ -168,7 +183,7 @@ mod tests {
     fn tokens() -> Tokens {
         Tokens::new(
             &[Secret::new("api-one"), Secret::new("api-two")],
-            Some(&Secret::new("internal")),
+            &[Secret::new("internal"), Secret::new("internal-next")],
         )
     }
 
@@ -183,6 +198,20 @@ mod tests {
             tokens.authenticate(Some(b"bearer internal")),
             Ok(Caller::Internal)
         );
+        // During a rotation every internal token is accepted.
+        assert_eq!(
+            tokens.authenticate(Some(b"Bearer internal-next")),
+            Ok(Caller::Internal)
+        );
+    }
+
+    #[test]
+    fn api_tokens_need_an_internal_token() {
+        let half = Tokens::new(&[Secret::new("api")], &[]);
+        let error = half.check_complete().expect_err("half-configured");
+        assert!(error.contains("HEFT_INTERNAL_TOKEN"), "{error}");
+        assert!(tokens().check_complete().is_ok());
+        assert!(Tokens::default().check_complete().is_ok());
     }
 
     #[test]
@@ -205,7 +234,7 @@ mod tests {
 
     #[test]
     fn without_tokens_everything_is_open() {
-        let open = Tokens::new(&[Secret::new("")], None);
+        let open = Tokens::new(&[Secret::new("")], &[Secret::new(" ")]);
         assert!(open.is_open());
         assert_eq!(open.authenticate(None), Ok(Caller::Open));
     }

@@ -20,9 +20,15 @@ pub struct CommonArgs {
     )]
     pub api_tokens: Vec<Secret>,
 
-    /// Token the two heft services use to call each other.
-    #[arg(long, env = "HEFT_INTERNAL_TOKEN", hide_env_values = true)]
-    pub internal_token: Option<Secret>,
+    /// Tokens the two heft services use to call each other, comma-separated:
+    /// every one is accepted, the first is sent (rotation without a gap).
+    #[arg(
+        long,
+        env = "HEFT_INTERNAL_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub internal_token: Vec<Secret>,
 
     /// Log filter, tracing syntax (e.g. `info,heft_users=debug`).
     #[arg(long = "log", env = "HEFT_LOG", default_value = "info")]
@@ -50,8 +56,18 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    pub fn tokens(&self) -> Tokens {
-        Tokens::new(&self.api_tokens, self.internal_token.as_ref())
+    /// The tokens this service accepts; a half-configuration is an error.
+    pub fn tokens(&self) -> anyhow::Result<Tokens> {
+        let tokens = Tokens::new(&self.api_tokens, &self.internal_token);
+        tokens.check_complete().map_err(anyhow::Error::msg)?;
+        Ok(tokens)
+    }
+
+    /// The internal token this service presents to the other one: the first.
+    pub fn outgoing_internal_token(&self) -> Option<&Secret> {
+        self.internal_token
+            .iter()
+            .find(|token| !token.expose().trim().is_empty())
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -6,19 +6,29 @@ use std::time::Duration;
 use sqlx::{
     PgPool, SqlitePool,
     migrate::Migrator,
-    postgres::PgPoolOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 /// A call waits at most this long for a connection before `UNAVAILABLE`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Server-side limits of every PostgreSQL session, so that no statement,
+/// lock wait or open transaction outlives the call that started it (a call
+/// lasts at most 30 s), even when the call's future is dropped mid-statement.
+const POSTGRES_SESSION_LIMITS: [(&str, &str); 3] = [
+    ("statement_timeout", "30s"),
+    ("lock_timeout", "5s"),
+    ("idle_in_transaction_session_timeout", "10s"),
+];
+
 /// Connects to PostgreSQL and runs `migrator`.
 pub async fn connect_postgres(url: &str, migrator: &Migrator) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect(url)
+        .connect_with(options.options(POSTGRES_SESSION_LIMITS))
         .await?;
     migrator.run(&pool).await?;
     Ok(pool)
@@ -35,6 +45,7 @@ pub async fn connect_sqlite(url: &str, migrator: &Migrator) -> anyhow::Result<Sq
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
+        // A writer waits at most this long for SQLite's write lock.
         .busy_timeout(ACQUIRE_TIMEOUT)
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()

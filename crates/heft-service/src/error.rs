@@ -23,6 +23,7 @@ pub enum ErrorCode {
     Unauthenticated,
     PermissionDenied,
     ResourceExhausted,
+    DeadlineExceeded,
     Unavailable,
     Internal,
 }
@@ -37,6 +38,7 @@ impl From<ErrorCode> for Code {
             ErrorCode::Unauthenticated => Code::Unauthenticated,
             ErrorCode::PermissionDenied => Code::PermissionDenied,
             ErrorCode::ResourceExhausted => Code::ResourceExhausted,
+            ErrorCode::DeadlineExceeded => Code::DeadlineExceeded,
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::Internal => Code::Internal,
         }

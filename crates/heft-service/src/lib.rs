@@ -8,6 +8,7 @@ pub mod db;
 pub mod error;
 pub mod field_mask;
 pub mod pagination;
+pub mod peer;
 pub mod rpc_layer;
 pub mod server;
 pub mod telemetry;

@@ -65,6 +65,38 @@ pub async fn base_router(
     Ok((router, health))
 }
 
+/// How long this call may still run: the caller's `grpc-timeout`, capped
+/// by the server's own limit. Long work (a purge) stops in time to answer,
+/// rather than being cut off by the deadline.
+pub fn time_budget<T>(request: &tonic::Request<T>) -> Duration {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(MAX_REQUEST_DURATION, |timeout| {
+            timeout.min(MAX_REQUEST_DURATION)
+        })
+}
+
+/// `grpc-timeout` is at most 8 digits and a unit (gRPC over HTTP/2).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops
 /// accepting, and waits at most `grace` for in-flight calls.
 pub async fn serve(
@@ -158,9 +190,17 @@ pub fn channel(
 }
 
 /// Credentials and tracing context for calls from one heft service to the other.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct InternalCredentials {
     authorization: Option<AsciiMetadataValue>,
+}
+
+impl std::fmt::Debug for InternalCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalCredentials")
+            .field("authorization", &self.authorization.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl InternalCredentials {
@@ -168,7 +208,12 @@ impl InternalCredentials {
         let authorization = internal_token
             .map(|token| MetadataValue::try_from(format!("Bearer {}", token.expose())))
             .transpose()
-            .map_err(|_| anyhow::anyhow!("HEFT_INTERNAL_TOKEN must be printable ASCII"))?;
+            .map_err(|_| anyhow::anyhow!("HEFT_INTERNAL_TOKEN must be printable ASCII"))?
+            .map(|mut value: AsciiMetadataValue| {
+                // Never indexed by HPACK, where a later header could probe it.
+                value.set_sensitive(true);
+                value
+            });
         Ok(Self { authorization })
     }
 
@@ -252,5 +297,28 @@ pub async fn main(
             tracing::error!(error = format!("{error:#}"), "{binary} failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_are_capped() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+
+        let mut request = tonic::Request::new(());
+        assert_eq!(time_budget(&request), MAX_REQUEST_DURATION);
+        request.set_timeout(Duration::from_millis(300));
+        assert_eq!(time_budget(&request), Duration::from_millis(300));
+        request.set_timeout(Duration::from_secs(3600));
+        assert_eq!(time_budget(&request), MAX_REQUEST_DURATION);
     }
 }

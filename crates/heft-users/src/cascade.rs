@@ -7,14 +7,23 @@
 //! that outlasts the delivery deadline, so at most one delivery of a job is
 //! in flight at any time, across replicas. A crash mid-delivery loses
 //! nothing: the lease runs out and the job is due again.
+//!
+//! A job is never given up on. Whatever the entries service answers, the job
+//! stays pending and is retried with capped backoff; a refusal (a token
+//! mismatch, an unknown method) is logged at error level with what to check
+//! and backs off to the cap sooner, since it lasts until someone fixes it.
 
 use std::{sync::Arc, time::Duration};
 
 use heft_proto::entries::v1::{PurgeUserEntriesRequest, entry_service_client::EntryServiceClient};
-use heft_service::{RequestId, server::InternalCredentials};
+use heft_service::{
+    RequestId,
+    peer::{self, PeerAnswer},
+    server::InternalCredentials,
+};
 use rand::Rng;
 use tokio::sync::watch;
-use tonic::{Code, transport::Channel};
+use tonic::transport::Channel;
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
@@ -35,6 +44,10 @@ pub struct CascadeArgs {
     /// Longest retry delay of a pending purge, in ms.
     #[arg(long, env = "HEFT_PURGE_RETRY_MAX_MS", default_value_t = 30_000)]
     pub purge_retry_max_ms: u64,
+    /// Deadline of a redelivery by the dispatcher, in ms. A purge too large
+    /// for it keeps what it deleted and resumes on the next delivery.
+    #[arg(long, env = "HEFT_PURGE_DELIVERY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub purge_delivery_timeout_ms: u64,
     /// How often the dispatcher looks for due jobs, in ms.
     #[arg(long, env = "HEFT_PURGE_POLL_MS", default_value_t = 1_000)]
     pub purge_poll_ms: u64,
@@ -43,13 +56,16 @@ pub struct CascadeArgs {
     pub purge_stats_secs: u64,
 }
 
-/// Deadline of a delivery by the dispatcher: a purge of a large history may
-/// take a while, and it is safe to wait since nobody is waiting on it.
-const DISPATCH_DEADLINE: Duration = Duration::from_secs(30);
-/// A claim outlasts any delivery, so a job is never delivered twice at once.
-const LEASE: Duration = Duration::from_secs(90);
+/// A claim outlasts its delivery by this much, so a job is never delivered
+/// twice at once.
+const LEASE_MARGIN: Duration = Duration::from_secs(60);
 /// Jobs claimed, and delivered concurrently, per dispatcher round.
 const BATCH: u32 = 16;
+/// A refusal backs off as if it had failed this many more times: it lasts
+/// until an operator acts, so hammering the peer helps nobody.
+const REFUSAL_HEAD_START: i32 = 4;
+/// From this many failed deliveries on, every failure is logged as an error.
+const ALERT_AFTER_ATTEMPTS: i32 = 5;
 
 /// How a deleted user's entries stand after DeleteUser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +77,10 @@ pub enum PurgeOutcome {
 /// What one delivery attempt achieved.
 #[derive(Debug)]
 enum Delivery {
+    /// Acknowledged, with the total every purge of the user deleted.
     Purged(i64),
-    /// Worth retrying: the entries service was unreachable, slow or overloaded.
-    Transient(tonic::Status),
-    /// Retrying will not help (a bug or misconfiguration): parked for an operator.
-    Permanent(tonic::Status),
+    /// Not acknowledged; the job stays pending and is retried.
+    Failed(tonic::Status),
 }
 
 pub struct Cascade {
@@ -103,7 +118,7 @@ impl Cascade {
             request_id: request_id.map(|id| id.0.clone()),
             attempts: 1,
         };
-        self.store.delete_user(user_id, &job, LEASE).await?;
+        self.store.delete_user(user_id, &job, self.lease()).await?;
         info!(%user_id, job_id = %job.id, "user deleted; purging entries");
 
         // Delivered on its own task: if the caller gives up on DeleteUser, the
@@ -138,10 +153,19 @@ impl Cascade {
         );
         // A clone of the client is a handle on the same connection.
         match self.entries.clone().purge_user_entries(request).await {
-            Ok(response) => Delivery::Purged(response.into_inner().deleted_count),
-            Err(status) if is_transient(status.code()) => Delivery::Transient(status),
-            Err(status) => Delivery::Permanent(status),
+            Ok(response) => Delivery::Purged(response.into_inner().total_deleted_count),
+            Err(status) => Delivery::Failed(status),
         }
+    }
+
+    fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.args.purge_delivery_timeout_ms)
+    }
+
+    fn lease(&self) -> Duration {
+        self.delivery_timeout()
+            .max(Duration::from_millis(self.args.purge_immediate_timeout_ms))
+            + LEASE_MARGIN
     }
 
     /// Records the result of a delivery on the job.
@@ -150,28 +174,53 @@ impl Cascade {
         let user_id = job.user_id;
         let settled = match delivery {
             Delivery::Purged(count) => {
-                info!(%user_id, %job_id, deleted_entries = count, attempts = job.attempts, "entries purged");
+                info!(%user_id, %job_id, total_deleted_entries = count, attempts = job.attempts, "entries purged");
                 self.store.complete_purge_job(job_id, count).await
             }
-            Delivery::Transient(status) => {
-                let delay = self.backoff(job.attempts);
-                warn!(
-                    %user_id, %job_id, attempts = job.attempts, retry_in_ms = delay.as_millis() as u64,
-                    code = ?status.code(), message = status.message(),
-                    "purge not delivered; will retry"
+            Delivery::Failed(status)
+                if peer::reason(&status).as_deref() == Some(peer::PURGE_INCOMPLETE) =>
+            {
+                // Progress, not failure: resume soon, whatever the attempt count.
+                let delay = self.backoff(1);
+                info!(
+                    %user_id, %job_id, attempts = job.attempts, message = status.message(),
+                    "purge in progress; the next delivery resumes it"
                 );
                 self.store
-                    .retry_purge_job(job_id, delay, &describe(&status))
+                    .retry_purge_job(job_id, delay, &peer::describe(&status))
                     .await
             }
-            Delivery::Permanent(status) => {
-                error!(
-                    %user_id, %job_id, attempts = job.attempts,
-                    code = ?status.code(), message = status.message(),
-                    "purge refused by the entries service; job parked as failed for an operator \
-                     (requeue it by setting its state back to 'pending'; see the README)"
-                );
-                self.store.fail_purge_job(job_id, &describe(&status)).await
+            Delivery::Failed(status) => {
+                let refused = peer::classify(&status) != PeerAnswer::Transient;
+                let delay = self.backoff(if refused {
+                    job.attempts.saturating_add(REFUSAL_HEAD_START)
+                } else {
+                    job.attempts
+                });
+                let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                let code = peer::code_name(status.code());
+                if refused {
+                    error!(
+                        %user_id, %job_id, attempts = job.attempts, retry_in_ms, code,
+                        message = status.message(), check = peer::what_to_check(status.code()),
+                        "purge refused by the entries service; will retry"
+                    );
+                } else if job.attempts >= ALERT_AFTER_ATTEMPTS {
+                    error!(
+                        %user_id, %job_id, attempts = job.attempts, retry_in_ms, code,
+                        message = status.message(),
+                        "purge keeps failing; will retry"
+                    );
+                } else {
+                    warn!(
+                        %user_id, %job_id, attempts = job.attempts, retry_in_ms, code,
+                        message = status.message(),
+                        "purge not delivered; will retry"
+                    );
+                }
+                self.store
+                    .retry_purge_job(job_id, delay, &peer::describe(&status))
+                    .await
             }
         };
         if let Err(error) = settled {
@@ -213,7 +262,7 @@ impl Cascade {
 
     async fn dispatch_due_jobs(&self) {
         loop {
-            let jobs = match self.store.claim_due_purge_jobs(LEASE, BATCH).await {
+            let jobs = match self.store.claim_due_purge_jobs(self.lease(), BATCH).await {
                 Ok(jobs) => jobs,
                 Err(error) => {
                     warn!(error = %heft_service::error::DisplayChain(&error), "cannot claim purge jobs");
@@ -227,7 +276,7 @@ impl Cascade {
                     request_id = job.request_id.as_deref().unwrap_or("")
                 );
                 async move {
-                    let delivery = self.deliver(job, DISPATCH_DEADLINE).await;
+                    let delivery = self.deliver(job, self.delivery_timeout()).await;
                     self.settle(job, delivery).await;
                 }
                 .instrument(span)
@@ -244,20 +293,13 @@ impl Cascade {
             Ok(stats) => {
                 let oldest_pending_age_secs =
                     stats.oldest_pending_age.map_or(0, |age| age.as_secs());
-                if stats.pending > 0 || stats.failed > 0 {
+                if stats.pending > 0 {
                     warn!(
                         pending = stats.pending,
-                        failed = stats.failed,
-                        oldest_pending_age_secs,
-                        "purge queue"
+                        oldest_pending_age_secs, "purge queue"
                     );
                 } else {
-                    info!(
-                        pending = 0,
-                        failed = 0,
-                        oldest_pending_age_secs,
-                        "purge queue"
-                    );
+                    info!(pending = 0, oldest_pending_age_secs, "purge queue");
                 }
             }
             Err(error) => {
@@ -281,22 +323,6 @@ fn retry_delay(attempts: i32, initial_ms: u64, max_ms: u64, rng: &mut impl Rng) 
     Duration::from_millis(half + rng.gen_range(0..=delay - half))
 }
 
-fn is_transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Cancelled
-            | Code::Unknown
-    )
-}
-
-fn describe(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,25 +337,6 @@ mod tests {
             assert!((4_000..=8_000).contains(&ms(5)));
             assert!((15_000..=30_000).contains(&ms(12)));
             assert!((15_000..=30_000).contains(&ms(i32::MAX)));
-        }
-    }
-
-    #[test]
-    fn only_transient_failures_are_retried() {
-        for code in [
-            Code::Unavailable,
-            Code::DeadlineExceeded,
-            Code::ResourceExhausted,
-        ] {
-            assert!(is_transient(code), "{code:?}");
-        }
-        for code in [
-            Code::PermissionDenied,
-            Code::Unauthenticated,
-            Code::InvalidArgument,
-            Code::Internal,
-        ] {
-            assert!(!is_transient(code), "{code:?}");
         }
     }
 }

@@ -79,6 +79,7 @@ pub async fn serve_with_listener(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let tokens = config.common.tokens()?;
     let store = store::open(&config.database_url).await?;
     let page_tokens = PageTokens::new(store.page_token_key(&generate_key()).await?);
     let hasher = password::PasswordHasher::new(&config.hashing)?;
@@ -90,7 +91,7 @@ pub async fn serve_with_listener(
     let cascade = Arc::new(cascade::Cascade::new(
         store.clone(),
         entries,
-        InternalCredentials::new(config.common.internal_token.as_ref())?,
+        InternalCredentials::new(config.common.outgoing_internal_token())?,
         config.cascade.clone(),
     ));
     let api = api::UserApi::new(
@@ -104,8 +105,7 @@ pub async fn serve_with_listener(
     let (stop_dispatcher, dispatcher_stopped) = watch::channel(false);
     let dispatcher = tokio::spawn(cascade.run_dispatcher(dispatcher_stopped));
 
-    let (router, health) =
-        server::base_router(config.common.tokens(), config.common.server_tls()?).await?;
+    let (router, health) = server::base_router(tokens, config.common.server_tls()?).await?;
     let router = router.add_service(
         UserServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -6,8 +6,8 @@ use heft_service::time;
 use heft_test_support::{TestDatabase, backend_tests};
 use heft_users::{
     domain::{
-        Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, User, UserId, UserName, UserPatch,
-        WeightUnit,
+        Email, LoginAttempt, LoginThrottle, NewUser, PurgeCursor, PurgeJob, PurgeJobQuery,
+        PurgeState, User, UserId, UserName, UserPatch, WeightUnit,
     },
     store::{self, StoreError, UserStore},
 };
@@ -49,6 +49,7 @@ backend_tests!(
     login_attempts_are_limited_atomically,
     delete_records_a_purge_job_in_the_same_transaction,
     purge_jobs_are_claimed_once_and_settled,
+    purge_records_list_oldest_first_by_state,
     page_token_key_is_shared_by_every_opener,
     password_hashes_are_replaced_only_if_unchanged,
 );
@@ -302,7 +303,8 @@ async fn purge_jobs_are_claimed_once_and_settled(db: TestDatabase) {
             .is_empty()
     );
 
-    // Settle: one done, one retried at once, one failed; the rest come back after the lease.
+    // Settle: one done, one retried at once, one refused (retried much later);
+    // the rest come back after the lease.
     let long_lease = Duration::from_secs(600);
     store
         .complete_purge_job(claimed[0].id, 3)
@@ -313,9 +315,13 @@ async fn purge_jobs_are_claimed_once_and_settled(db: TestDatabase) {
         .await
         .expect("retry");
     store
-        .fail_purge_job(claimed[2].id, "PermissionDenied")
+        .retry_purge_job(
+            claimed[2].id,
+            long_lease,
+            "PERMISSION_DENIED: internal only",
+        )
         .await
-        .expect("fail");
+        .expect("refused");
     let retried = store
         .claim_due_purge_jobs(long_lease, 10)
         .await
@@ -340,7 +346,79 @@ async fn purge_jobs_are_claimed_once_and_settled(db: TestDatabase) {
     );
 
     let stats = store.purge_queue_stats().await.expect("stats");
-    assert_eq!((stats.pending, stats.failed), (4, 1));
+    assert_eq!(stats.pending, 5);
+    assert!(stats.oldest_pending_age.is_some());
+
+    // The deletion records tell an operator how each purge went.
+    let done = store
+        .purge_record(claimed[0].user_id)
+        .await
+        .expect("record");
+    assert_eq!(done.state, PurgeState::Purged);
+    assert_eq!(done.purged_entry_count, Some(3));
+    assert_eq!((done.attempts, done.last_error.as_deref()), (2, None));
+    assert!(done.complete_time.is_some() && done.next_attempt_time.is_none());
+    let refused = store
+        .purge_record(claimed[2].user_id)
+        .await
+        .expect("record");
+    assert_eq!(refused.state, PurgeState::Pending);
+    assert_eq!(
+        refused.last_error.as_deref(),
+        Some("PERMISSION_DENIED: internal only")
+    );
+    assert!(refused.complete_time.is_none());
+    assert!(
+        refused.next_attempt_time.expect("due time") > time::now() + chrono::Duration::seconds(500)
+    );
+    assert!(matches!(
+        store.purge_record(UserId::generate()).await,
+        Err(StoreError::PurgeJobNotFound)
+    ));
+}
+
+async fn purge_records_list_oldest_first_by_state(db: TestDatabase) {
+    let store = open(&db).await;
+    let mut users = Vec::new();
+    for i in 0..5 {
+        let user = new_user(&format!("l{i}@example.com"));
+        store.create_user(&user).await.expect("create");
+        let job = job_for(user.user.id);
+        store
+            .delete_user(user.user.id, &job, Duration::ZERO)
+            .await
+            .expect("delete");
+        if i % 2 == 0 {
+            store.complete_purge_job(job.id, i).await.expect("complete");
+        }
+        users.push(user.user.id);
+    }
+    let list = |state, after, limit| {
+        let store = store.clone();
+        async move {
+            store
+                .list_purge_records(&PurgeJobQuery {
+                    state,
+                    after,
+                    limit,
+                })
+                .await
+                .expect("list")
+        }
+    };
+    let first = list(None, None, 3).await;
+    let rest = list(None, first.last().map(PurgeCursor::after), 3).await;
+    let all: Vec<UserId> = first.iter().chain(&rest).map(|r| r.user_id).collect();
+    assert_eq!(all, users, "every deletion once, oldest first");
+    let purged: Vec<UserId> = list(Some(PurgeState::Purged), None, 10)
+        .await
+        .iter()
+        .map(|r| r.user_id)
+        .collect();
+    assert_eq!(purged, [users[0], users[2], users[4]]);
+    let pending = list(Some(PurgeState::Pending), None, 10).await;
+    assert_eq!(pending.len(), 2);
+    assert!(pending.iter().all(|r| r.state == PurgeState::Pending));
 }
 
 async fn page_token_key_is_shared_by_every_opener(db: TestDatabase) {

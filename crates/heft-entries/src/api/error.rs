@@ -15,30 +15,38 @@ pub enum ApiError {
     Users(#[from] UsersError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(
+        "purge incomplete before the deadline: {deleted} entries deleted by this call, \
+         {total} in all; the next call resumes"
+    )]
+    PurgeIncomplete { deleted: u64, total: u64 },
 }
 
 impl ApiError {
-    fn inner(&self) -> &dyn ServiceError {
+    fn inner(&self) -> Option<&dyn ServiceError> {
         match self {
-            ApiError::Invalid(e) => e,
-            ApiError::Store(e) => e,
-            ApiError::Users(e) => e,
-            ApiError::Auth(e) => e,
+            ApiError::Invalid(e) => Some(e),
+            ApiError::Store(e) => Some(e),
+            ApiError::Users(e) => Some(e),
+            ApiError::Auth(e) => Some(e),
+            ApiError::PurgeIncomplete { .. } => None,
         }
     }
 }
 
 impl ServiceError for ApiError {
     fn error_code(&self) -> ErrorCode {
-        self.inner().error_code()
+        self.inner()
+            .map_or(ErrorCode::DeadlineExceeded, ServiceError::error_code)
     }
 
     fn reason(&self) -> &'static str {
-        self.inner().reason()
+        self.inner()
+            .map_or(heft_service::peer::PURGE_INCOMPLETE, ServiceError::reason)
     }
 
     fn field_violations(&self) -> &[FieldViolation] {
-        self.inner().field_violations()
+        self.inner().map_or(&[], ServiceError::field_violations)
     }
 }
 

@@ -1,7 +1,7 @@
 //! tonic handlers of `heft.entries.v1.EntryService`: decode and validate,
 //! call the domain and store, map errors (in [`error`]).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use chrono::Utc;
 use futures::TryStreamExt;
@@ -9,13 +9,14 @@ use heft_proto::entries::v1::{self as pb, entry_service_server::EntryService};
 use heft_service::{
     caller,
     pagination::{self, PageTokens},
-    request_id, time,
+    request_id, server, time,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::{
     domain::{Cursor, Entry, EntryId, ListQuery, Summarizer, UserId},
+    purge::{self, PurgeArgs},
     store::EntryStore,
     users_client::UsersClient,
 };
@@ -33,14 +34,21 @@ pub struct EntryApi {
     store: Arc<dyn EntryStore>,
     users: UsersClient,
     page_tokens: PageTokens,
+    purge: PurgeArgs,
 }
 
 impl EntryApi {
-    pub fn new(store: Arc<dyn EntryStore>, users: UsersClient, page_tokens: PageTokens) -> Self {
+    pub fn new(
+        store: Arc<dyn EntryStore>,
+        users: UsersClient,
+        page_tokens: PageTokens,
+        purge: PurgeArgs,
+    ) -> Self {
         Self {
             store,
             users,
             page_tokens,
+            purge,
         }
     }
 
@@ -234,14 +242,31 @@ impl EntryService for EntryApi {
             .map_err(ApiError::from)?;
         let user_id = convert::id(&request.get_ref().user_id, "user_id", UserId::parse)
             .map_err(ApiError::from)?;
-        let deleted = self
-            .store
-            .purge_user(user_id, time::now())
-            .await
-            .map_err(ApiError::from)?;
-        info!(%user_id, deleted_entries = deleted, "user entries purged");
+        // Stop starting batches a little before the deadline, to answer in time.
+        let budget = server::time_budget(&request).mul_f64(0.9);
+        let progress = purge::purge_user(
+            self.store.as_ref(),
+            user_id,
+            time::now(),
+            self.purge.purge_batch_size,
+            Instant::now() + budget,
+        )
+        .await
+        .map_err(ApiError::from)?;
+        if !progress.complete {
+            info!(%user_id, deleted_entries = progress.deleted, total_deleted_entries = progress.total,
+                "purge incomplete before the deadline; the next delivery resumes");
+            return Err(ApiError::PurgeIncomplete {
+                deleted: progress.deleted,
+                total: progress.total,
+            }
+            .into());
+        }
+        info!(%user_id, deleted_entries = progress.deleted, total_deleted_entries = progress.total,
+            "user entries purged");
         Ok(Response::new(pb::PurgeUserEntriesResponse {
-            deleted_count: i64::try_from(deleted).unwrap_or(i64::MAX),
+            deleted_count: i64::try_from(progress.deleted).unwrap_or(i64::MAX),
+            total_deleted_count: i64::try_from(progress.total).unwrap_or(i64::MAX),
         }))
     }
 }

@@ -21,6 +21,8 @@ pub enum StoreError {
     NotFound,
     #[error("the user has been deleted; no entries can be added")]
     UserPurged,
+    #[error("entries are deleted in batches only after the user's tombstone")]
+    NotPurged,
     #[error("entry database unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("entry database error")]
@@ -44,6 +46,7 @@ impl ServiceError for StoreError {
         match self {
             StoreError::NotFound => ErrorCode::NotFound,
             StoreError::UserPurged => ErrorCode::FailedPrecondition,
+            StoreError::NotPurged => ErrorCode::Internal,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Database(_) | StoreError::Corrupt(_) => ErrorCode::Internal,
         }
@@ -53,6 +56,7 @@ impl ServiceError for StoreError {
         match self {
             StoreError::NotFound => "ENTRY_NOT_FOUND",
             StoreError::UserPurged => "USER_DELETED",
+            StoreError::NotPurged => "NOT_PURGED",
             StoreError::Unavailable(_) => "DATABASE_UNAVAILABLE",
             StoreError::Database(_) | StoreError::Corrupt(_) => "DATABASE_ERROR",
         }
@@ -60,6 +64,15 @@ impl ServiceError for StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What one batch of a purge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchDeleted {
+    /// Entries this batch deleted.
+    pub deleted: u64,
+    /// Entries every purge of this user has deleted, this batch included.
+    pub total: u64,
+}
 
 /// Most entries one BatchCreateEntries may carry.
 pub const MAX_BATCH: usize = 10_000;
@@ -104,11 +117,24 @@ pub trait EntryStore: Send + Sync + 'static {
 
     async fn delete_entry(&self, id: EntryId) -> StoreResult<()>;
 
-    /// Deletes every entry of the user and leaves a tombstone that refuses
-    /// new ones. Idempotent; returns how many entries this call deleted.
-    async fn purge_user(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// Commits a tombstone that refuses new entries for the user from now
+    /// on: it waits for the creates in flight for that user, and every
+    /// later create sees it. Idempotent. The first step of a purge.
+    async fn leave_tombstone(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<()>;
+
+    /// Deletes up to `limit` entries of a tombstoned user in one committed
+    /// transaction, adding them to the tombstone's running total.
+    async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted>;
 
     async fn is_purged(&self, user_id: UserId) -> StoreResult<bool>;
+
+    /// Owners of entries after `after`, in id order, with their entry
+    /// counts: one page of the orphan audit.
+    async fn entry_owners(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, u64)>>;
 
     /// The page-token signing key shared by every replica on this database,
     /// created with `candidate` if there is none yet.

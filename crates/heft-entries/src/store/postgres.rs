@@ -14,7 +14,7 @@ use futures::{StreamExt, stream::BoxStream};
 use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
-use super::{EntryStore, MAX_BATCH, StoreError, StoreResult};
+use super::{BatchDeleted, EntryStore, MAX_BATCH, StoreError, StoreResult};
 use crate::domain::{
     DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
     UserId, Weight, WeightUnit,
@@ -319,7 +319,7 @@ impl EntryStore for PostgresEntryStore {
         Ok(())
     }
 
-    async fn purge_user(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<u64> {
+    async fn leave_tombstone(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.lock_user(user_id, true).await?;
         sqlx::query("INSERT INTO purged_users (user_id, purged_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING")
             .bind(user_id.0)
@@ -327,13 +327,32 @@ impl EntryStore for PostgresEntryStore {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?;
-        let deleted = sqlx::query("DELETE FROM entries WHERE user_id = $1")
-            .bind(user_id.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)?;
-        Ok(deleted.rows_affected())
+        tx.commit().await.map_err(StoreError::from_sqlx)
+    }
+
+    async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted> {
+        // One statement, so one round trip and its own transaction. Rows are
+        // picked through the user's index and deleted by physical address (a
+        // TID scan), so the plan cannot turn into a scan of the whole table.
+        let (deleted, total): (i64, i64) = sqlx::query_as(
+            "WITH doomed AS (
+                DELETE FROM entries
+                WHERE ctid = ANY (ARRAY(SELECT ctid FROM entries WHERE user_id = $1 LIMIT $2))
+                RETURNING 1)
+             UPDATE purged_users SET deleted_count = deleted_count + (SELECT count(*) FROM doomed)
+             WHERE user_id = $1
+             RETURNING (SELECT count(*) FROM doomed), deleted_count",
+        )
+        .bind(user_id.0)
+        .bind(i64::from(limit))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotPurged)?;
+        Ok(BatchDeleted {
+            deleted: u64::try_from(deleted).unwrap_or(0),
+            total: u64::try_from(total).unwrap_or(0),
+        })
     }
 
     async fn is_purged(&self, user_id: UserId) -> StoreResult<bool> {
@@ -342,6 +361,28 @@ impl EntryStore for PostgresEntryStore {
             .fetch_one(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)
+    }
+
+    async fn entry_owners(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, u64)>> {
+        // Keyset over the (user_id, …) index: constant memory whatever the size.
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT user_id, count(*) FROM entries
+             WHERE $1::uuid IS NULL OR user_id > $1
+             GROUP BY user_id ORDER BY user_id LIMIT $2",
+        )
+        .bind(after.map(|id| id.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, count)| (UserId(id), u64::try_from(count).unwrap_or(0)))
+            .collect())
     }
 
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {

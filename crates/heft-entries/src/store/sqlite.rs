@@ -11,7 +11,7 @@ use heft_service::time::{from_micros, to_micros};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use super::{EntryStore, MAX_BATCH, StoreError, StoreResult};
+use super::{BatchDeleted, EntryStore, MAX_BATCH, StoreError, StoreResult};
 use crate::domain::{
     DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
     UserId, Weight, WeightUnit,
@@ -295,7 +295,7 @@ impl EntryStore for SqliteEntryStore {
         Ok(())
     }
 
-    async fn purge_user(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<u64> {
+    async fn leave_tombstone(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.write_transaction().await?;
         sqlx::query("INSERT INTO purged_users (user_id, purged_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING")
             .bind(user_id.0)
@@ -303,13 +303,35 @@ impl EntryStore for SqliteEntryStore {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?;
-        let deleted = sqlx::query("DELETE FROM entries WHERE user_id = $1")
-            .bind(user_id.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)
+    }
+
+    async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted> {
+        let mut tx = self.write_transaction().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM entries WHERE rowid IN (SELECT rowid FROM entries WHERE user_id = $1 LIMIT $2)",
+        )
+        .bind(user_id.0)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .rows_affected();
+        let total: i64 = sqlx::query_scalar(
+            "UPDATE purged_users SET deleted_count = deleted_count + $2 WHERE user_id = $1
+             RETURNING deleted_count",
+        )
+        .bind(user_id.0)
+        .bind(i64::try_from(deleted).unwrap_or(i64::MAX))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::NotPurged)?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
-        Ok(deleted.rows_affected())
+        Ok(BatchDeleted {
+            deleted,
+            total: u64::try_from(total).unwrap_or(0),
+        })
     }
 
     async fn is_purged(&self, user_id: UserId) -> StoreResult<bool> {
@@ -318,6 +340,28 @@ impl EntryStore for SqliteEntryStore {
             .fetch_one(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)
+    }
+
+    async fn entry_owners(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, u64)>> {
+        // Keyset over the (user_id, …) index: constant memory whatever the size.
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT user_id, count(*) FROM entries
+             WHERE $1 IS NULL OR user_id > $1
+             GROUP BY user_id ORDER BY user_id LIMIT $2",
+        )
+        .bind(after.map(|id| id.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, count)| (UserId(id), u64::try_from(count).unwrap_or(0)))
+            .collect())
     }
 
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {

@@ -8,7 +8,9 @@ use heft_service::{
     time::to_timestamp,
 };
 
-use crate::domain::{Email, Password, User, UserId, UserName, UserPatch, WeightUnit};
+use crate::domain::{
+    Email, Password, PurgeRecord, PurgeState, User, UserId, UserName, UserPatch, WeightUnit,
+};
 
 pub struct NewAccount {
     pub email: Email,
@@ -125,5 +127,38 @@ pub fn user_to_proto(user: &User) -> pb::User {
         weight_unit: user.weight_unit.code(),
         create_time: Some(to_timestamp(user.create_time)),
         update_time: Some(to_timestamp(user.update_time)),
+    }
+}
+
+/// The optional state filter of ListPurgeJobs: `UNSPECIFIED` is every state.
+pub fn purge_state_filter(code: i32) -> Result<Option<PurgeState>, InvalidRequest> {
+    match pb::PurgeState::try_from(code) {
+        Ok(pb::PurgeState::Unspecified) => Ok(None),
+        Ok(pb::PurgeState::Pending) => Ok(Some(PurgeState::Pending)),
+        Ok(pb::PurgeState::Purged) => Ok(Some(PurgeState::Purged)),
+        Err(_) => Err(InvalidRequest::single(
+            "state",
+            "must be PURGE_STATE_PENDING, PURGE_STATE_PURGED or unspecified",
+        )),
+    }
+}
+
+pub fn purge_state_to_proto(state: PurgeState) -> pb::PurgeState {
+    match state {
+        PurgeState::Pending => pb::PurgeState::Pending,
+        PurgeState::Purged => pb::PurgeState::Purged,
+    }
+}
+
+pub fn purge_record_to_proto(record: &PurgeRecord) -> pb::PurgeJob {
+    pb::PurgeJob {
+        user_id: record.user_id.to_string(),
+        state: purge_state_to_proto(record.state).into(),
+        attempts: record.attempts,
+        last_error: record.last_error.clone().unwrap_or_default(),
+        purged_entry_count: record.purged_entry_count.unwrap_or(0),
+        create_time: Some(to_timestamp(record.create_time)),
+        complete_time: record.complete_time.map(to_timestamp),
+        next_attempt_time: record.next_attempt_time.map(to_timestamp),
     }
 }

@@ -13,7 +13,9 @@ use tracing::{info, warn};
 
 use crate::{
     cascade::{Cascade, PurgeOutcome},
-    domain::{Credentials, LoginAttempt, LoginThrottle, NewUser, User, UserId},
+    domain::{
+        Credentials, LoginAttempt, LoginThrottle, NewUser, PurgeCursor, PurgeJobQuery, User, UserId,
+    },
     password::PasswordHasher,
     store::{StoreError, UserStore},
 };
@@ -26,6 +28,7 @@ pub use error::ApiError;
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
 const PAGE_SCOPE: &str = "users";
+const PURGE_JOBS_PAGE_SCOPE: &str = "purge_jobs";
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -279,5 +282,59 @@ impl UserService for UserApi {
             },
         };
         Ok(Response::new(response))
+    }
+
+    async fn get_purge_job(
+        &self,
+        request: Request<pb::GetPurgeJobRequest>,
+    ) -> Result<Response<pb::PurgeJob>, Status> {
+        let user_id =
+            convert::user_id(&request.get_ref().user_id, "user_id").map_err(ApiError::from)?;
+        let record = self
+            .store
+            .purge_record(user_id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::purge_record_to_proto(&record)))
+    }
+
+    async fn list_purge_jobs(
+        &self,
+        request: Request<pb::ListPurgeJobsRequest>,
+    ) -> Result<Response<pb::ListPurgeJobsResponse>, Status> {
+        let request = request.into_inner();
+        let state = convert::purge_state_filter(request.state).map_err(ApiError::from)?;
+        let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            .map_err(ApiError::from)?;
+        // The token is bound to the state filter.
+        let after: Option<PurgeCursor> = self
+            .page_tokens
+            .decode(PURGE_JOBS_PAGE_SCOPE, &state, &request.page_token)
+            .map_err(ApiError::from)?;
+        let mut records = self
+            .store
+            .list_purge_records(&PurgeJobQuery {
+                state,
+                after,
+                limit: page_size + 1,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = if records.len() > page_size as usize {
+            records.truncate(page_size as usize);
+            records
+                .last()
+                .map(|last| {
+                    self.page_tokens
+                        .encode(PURGE_JOBS_PAGE_SCOPE, &state, PurgeCursor::after(last))
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPurgeJobsResponse {
+            purge_jobs: records.iter().map(convert::purge_record_to_proto).collect(),
+            next_page_token,
+        }))
     }
 }

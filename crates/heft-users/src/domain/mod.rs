@@ -202,11 +202,62 @@ pub struct PurgeJob {
     pub attempts: i32,
 }
 
-/// Size of the purge outbox, for logs and (later) metrics.
+/// Where the purge of a deleted user's entries stands. There is no
+/// "failed": a job is retried until the entries service acknowledges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PurgeState {
+    Pending,
+    Purged,
+}
+
+/// The deletion record of a user, as GetPurgeJob and ListPurgeJobs show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeRecord {
+    pub job_id: Uuid,
+    pub user_id: UserId,
+    pub state: PurgeState,
+    /// Deliveries started so far.
+    pub attempts: i32,
+    /// The last failed delivery: `CODE: message`.
+    pub last_error: Option<String>,
+    /// Set once purged: the total over every delivery.
+    pub purged_entry_count: Option<i64>,
+    /// When the user was deleted.
+    pub create_time: DateTime<Utc>,
+    pub complete_time: Option<DateTime<Utc>>,
+    /// When the next delivery is due (or, while one is in flight, when its
+    /// lease runs out); `None` once purged.
+    pub next_attempt_time: Option<DateTime<Utc>>,
+}
+
+/// Position after a record in ListPurgeJobs order (oldest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PurgeCursor {
+    pub create_time_micros: i64,
+    pub job_id: Uuid,
+}
+
+impl PurgeCursor {
+    pub fn after(record: &PurgeRecord) -> Self {
+        Self {
+            create_time_micros: record.create_time.timestamp_micros(),
+            job_id: record.job_id,
+        }
+    }
+}
+
+/// One page of ListPurgeJobs.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgeJobQuery {
+    pub state: Option<PurgeState>,
+    pub after: Option<PurgeCursor>,
+    pub limit: u32,
+}
+
+/// Size of the purge outbox, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PurgeQueueStats {
     pub pending: i64,
-    pub failed: i64,
     pub oldest_pending_age: Option<std::time::Duration>,
 }
 

@@ -8,8 +8,8 @@ use heft_service::{ErrorCode, ServiceError};
 use uuid::Uuid;
 
 use crate::domain::{
-    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeQueueStats, User,
-    UserId, UserPatch,
+    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
+    PurgeQueueStats, PurgeRecord, PurgeState, User, UserId, UserPatch,
 };
 
 mod postgres;
@@ -22,6 +22,8 @@ pub use sqlite::SqliteUserStore;
 pub enum StoreError {
     #[error("user not found")]
     NotFound,
+    #[error("no purge job for this user: it was never deleted")]
+    PurgeJobNotFound,
     #[error("a user with this email already exists")]
     EmailTaken,
     #[error("user database unavailable")]
@@ -50,7 +52,7 @@ impl StoreError {
 impl ServiceError for StoreError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            StoreError::NotFound => ErrorCode::NotFound,
+            StoreError::NotFound | StoreError::PurgeJobNotFound => ErrorCode::NotFound,
             StoreError::EmailTaken => ErrorCode::AlreadyExists,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Database(_) | StoreError::Corrupt(_) => ErrorCode::Internal,
@@ -60,6 +62,7 @@ impl ServiceError for StoreError {
     fn reason(&self) -> &'static str {
         match self {
             StoreError::NotFound => "USER_NOT_FOUND",
+            StoreError::PurgeJobNotFound => "PURGE_JOB_NOT_FOUND",
             StoreError::EmailTaken => "EMAIL_TAKEN",
             StoreError::Unavailable(_) => "DATABASE_UNAVAILABLE",
             StoreError::Database(_) | StoreError::Corrupt(_) => "DATABASE_ERROR",
@@ -68,6 +71,22 @@ impl ServiceError for StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How a purge state is stored in `purge_jobs.state`.
+fn state_column(state: PurgeState) -> &'static str {
+    match state {
+        PurgeState::Pending => "pending",
+        PurgeState::Purged => "done",
+    }
+}
+
+fn parse_state_column(value: &str) -> StoreResult<PurgeState> {
+    match value {
+        "pending" => Ok(PurgeState::Pending),
+        "done" => Ok(PurgeState::Purged),
+        _ => Err(StoreError::Corrupt("purge_jobs.state")),
+    }
+}
 
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
@@ -127,13 +146,18 @@ pub trait UserStore: Send + Sync + 'static {
     async fn claim_due_purge_jobs(&self, lease: Duration, limit: u32)
     -> StoreResult<Vec<PurgeJob>>;
 
+    /// Marks a job purged with the entries service's total for the user.
     async fn complete_purge_job(&self, job_id: Uuid, purged_entry_count: i64) -> StoreResult<()>;
 
-    /// Puts a claimed job back, due again after `delay`.
+    /// Puts a claimed job back, due again after `delay`. Every failure ends
+    /// here: a job is never given up on.
     async fn retry_purge_job(&self, job_id: Uuid, delay: Duration, error: &str) -> StoreResult<()>;
 
-    /// Parks a job that cannot succeed by retrying, for an operator.
-    async fn fail_purge_job(&self, job_id: Uuid, error: &str) -> StoreResult<()>;
+    /// The latest deletion record of a user; `PurgeJobNotFound` if none.
+    async fn purge_record(&self, user_id: UserId) -> StoreResult<PurgeRecord>;
+
+    /// Deletion records oldest first, after the query's cursor.
+    async fn list_purge_records(&self, query: &PurgeJobQuery) -> StoreResult<Vec<PurgeRecord>>;
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats>;
 

@@ -7,11 +7,12 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult, UserStore};
+use super::{StoreError, StoreResult, UserStore, parse_state_column, state_column};
 use crate::domain::{
-    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeQueueStats, User,
-    UserId, UserName, UserPatch, WeightUnit,
+    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
+    PurgeQueueStats, PurgeRecord, PurgeState, User, UserId, UserName, UserPatch, WeightUnit,
 };
+use heft_service::time;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users/postgres");
 
@@ -78,6 +79,44 @@ impl From<JobRow> for PurgeJob {
             attempts: row.attempts,
         }
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    id: Uuid,
+    user_id: Uuid,
+    state: String,
+    attempts: i32,
+    last_error: Option<String>,
+    purged_entry_count: Option<i64>,
+    created_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+    next_attempt_at: DateTime<Utc>,
+}
+
+impl TryFrom<RecordRow> for PurgeRecord {
+    type Error = StoreError;
+
+    fn try_from(row: RecordRow) -> StoreResult<Self> {
+        let state = parse_state_column(&row.state)?;
+        Ok(PurgeRecord {
+            job_id: row.id,
+            user_id: UserId(row.user_id),
+            state,
+            attempts: row.attempts,
+            last_error: row.last_error,
+            purged_entry_count: row.purged_entry_count,
+            create_time: row.created_at,
+            complete_time: row.completed_at,
+            next_attempt_time: (state == PurgeState::Pending).then_some(row.next_attempt_at),
+        })
+    }
+}
+
+macro_rules! record_columns {
+    () => {
+        "id, user_id, state, attempts, last_error, purged_entry_count, created_at, completed_at, next_attempt_at"
+    };
 }
 
 macro_rules! user_columns {
@@ -353,31 +392,52 @@ impl UserStore for PostgresUserStore {
         Ok(())
     }
 
-    async fn fail_purge_job(&self, job_id: Uuid, error: &str) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE purge_jobs SET state = 'failed', last_error = $2, completed_at = now() WHERE id = $1",
-        )
-        .bind(job_id)
-        .bind(error)
-        .execute(&self.pool)
+    async fn purge_record(&self, user_id: UserId) -> StoreResult<PurgeRecord> {
+        sqlx::query_as::<_, RecordRow>(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM purge_jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(user_id.0)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(StoreError::from_sqlx)?;
-        Ok(())
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::PurgeJobNotFound)?
+        .try_into()
+    }
+
+    async fn list_purge_records(&self, query: &PurgeJobQuery) -> StoreResult<Vec<PurgeRecord>> {
+        sqlx::query_as::<_, RecordRow>(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM purge_jobs
+             WHERE ($1::text IS NULL OR state = $1)
+               AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
+             ORDER BY created_at, id
+             LIMIT $4"
+        ))
+        .bind(query.state.map(state_column))
+        .bind(query.after.map(|c| time::from_micros(c.create_time_micros)))
+        .bind(query.after.map(|c| c.job_id))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .into_iter()
+        .map(PurgeRecord::try_from)
+        .collect()
     }
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats> {
-        let (pending, failed, oldest_age_secs): (i64, i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE state = 'pending'),
-                    count(*) FILTER (WHERE state = 'failed'),
-                    EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8
-             FROM purge_jobs WHERE state <> 'done'",
+        let (pending, oldest_age_secs): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
+             FROM purge_jobs WHERE state = 'pending'",
         )
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
         Ok(PurgeQueueStats {
             pending,
-            failed,
             oldest_pending_age: oldest_age_secs.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
         })
     }

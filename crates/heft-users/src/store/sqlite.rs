@@ -9,10 +9,10 @@ use heft_service::time::{self, from_micros, to_micros};
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult, UserStore};
+use super::{StoreError, StoreResult, UserStore, parse_state_column, state_column};
 use crate::domain::{
-    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeQueueStats, User,
-    UserId, UserName, UserPatch, WeightUnit,
+    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
+    PurgeQueueStats, PurgeRecord, PurgeState, User, UserId, UserName, UserPatch, WeightUnit,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users/sqlite");
@@ -82,6 +82,45 @@ impl From<JobRow> for PurgeJob {
             attempts: row.attempts,
         }
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    id: Uuid,
+    user_id: Uuid,
+    state: String,
+    attempts: i32,
+    last_error: Option<String>,
+    purged_entry_count: Option<i64>,
+    created_at: i64,
+    completed_at: Option<i64>,
+    next_attempt_at: i64,
+}
+
+impl TryFrom<RecordRow> for PurgeRecord {
+    type Error = StoreError;
+
+    fn try_from(row: RecordRow) -> StoreResult<Self> {
+        let state = parse_state_column(&row.state)?;
+        Ok(PurgeRecord {
+            job_id: row.id,
+            user_id: UserId(row.user_id),
+            state,
+            attempts: row.attempts,
+            last_error: row.last_error,
+            purged_entry_count: row.purged_entry_count,
+            create_time: from_micros(row.created_at),
+            complete_time: row.completed_at.map(from_micros),
+            next_attempt_time: (state == PurgeState::Pending)
+                .then(|| from_micros(row.next_attempt_at)),
+        })
+    }
+}
+
+macro_rules! record_columns {
+    () => {
+        "id, user_id, state, attempts, last_error, purged_entry_count, created_at, completed_at, next_attempt_at"
+    };
 }
 
 macro_rules! user_columns {
@@ -368,32 +407,51 @@ impl UserStore for SqliteUserStore {
         Ok(())
     }
 
-    async fn fail_purge_job(&self, job_id: Uuid, error: &str) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE purge_jobs SET state = 'failed', last_error = $2, completed_at = $3 WHERE id = $1",
-        )
-        .bind(job_id)
-        .bind(error)
-        .bind(to_micros(time::now()))
-        .execute(&self.pool)
+    async fn purge_record(&self, user_id: UserId) -> StoreResult<PurgeRecord> {
+        sqlx::query_as::<_, RecordRow>(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM purge_jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(user_id.0)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(StoreError::from_sqlx)?;
-        Ok(())
+        .map_err(StoreError::from_sqlx)?
+        .ok_or(StoreError::PurgeJobNotFound)?
+        .try_into()
+    }
+
+    async fn list_purge_records(&self, query: &PurgeJobQuery) -> StoreResult<Vec<PurgeRecord>> {
+        sqlx::query_as::<_, RecordRow>(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM purge_jobs
+             WHERE ($1 IS NULL OR state = $1)
+               AND ($2 IS NULL OR (created_at, id) > ($2, $3))
+             ORDER BY created_at, id
+             LIMIT $4"
+        ))
+        .bind(query.state.map(state_column))
+        .bind(query.after.map(|c| c.create_time_micros))
+        .bind(query.after.map(|c| c.job_id))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .into_iter()
+        .map(PurgeRecord::try_from)
+        .collect()
     }
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats> {
-        let (pending, failed, oldest_pending): (i64, i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE state = 'pending'),
-                    count(*) FILTER (WHERE state = 'failed'),
-                    min(created_at) FILTER (WHERE state = 'pending')
-             FROM purge_jobs WHERE state <> 'done'",
+        let (pending, oldest_pending): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM purge_jobs WHERE state = 'pending'",
         )
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
         Ok(PurgeQueueStats {
             pending,
-            failed,
             oldest_pending_age: oldest_pending.map(|created| {
                 (time::now() - from_micros(created))
                     .to_std()
