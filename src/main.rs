@@ -1,8 +1,8 @@
 //! `heft`: one command for the whole stack. With no subcommand it runs both
 //! services in this process on their defaults (SQLite under `./data/`),
 //! configured by the same `HEFT_*` variables as their own binaries; Ctrl-C
-//! stops both cleanly. `heft users …` and `heft entries …` run one service,
-//! with the flags of `heft-users` and `heft-entries`.
+//! stops both cleanly. `heft users …` and `heft entries …` are `heft-users`
+//! and `heft-entries`, with their flags and subcommands.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -23,23 +23,17 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Service {
-    /// Run only the users service (same flags as heft-users).
-    Users(heft_users::Config),
-    /// Run only the entries service (same flags as heft-entries).
-    Entries(heft_entries::Config),
+    /// Run only the users service (same flags and subcommands as heft-users).
+    Users(heft_users::Cli),
+    /// Run only the entries service (same flags and subcommands as heft-entries).
+    Entries(heft_entries::Cli),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let result = match Cli::parse().service {
-        Some(Service::Users(config)) => match init_logging(&config.common) {
-            Ok(()) => heft_users::run(config).await,
-            Err(error) => Err(error),
-        },
-        Some(Service::Entries(config)) => match init_logging(&config.common) {
-            Ok(()) => heft_entries::run(config).await,
-            Err(error) => Err(error),
-        },
+        Some(Service::Users(cli)) => return heft_users::main(cli).await,
+        Some(Service::Entries(cli)) => return heft_entries::main(cli).await,
         None => run_both().await,
     };
     match result {

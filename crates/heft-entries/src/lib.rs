@@ -14,6 +14,7 @@ use heft_service::{
 use tokio::net::TcpListener;
 
 pub mod api;
+pub mod audit;
 pub mod domain;
 pub mod purge;
 pub mod store;
@@ -39,6 +40,9 @@ pub struct Cli {
 pub enum Command {
     /// Exit 0 when the service at HEFT_ENTRIES_LISTEN reports SERVING (for container health checks).
     Healthcheck,
+    /// List entries whose user no longer exists in the users service (exit 0:
+    /// none, 1: orphans found, 2: error or purge refused); --purge purges them.
+    AuditOrphans(audit::AuditArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -80,14 +84,7 @@ pub async fn serve_with_listener(
     let tokens = config.common.tokens()?;
     let store = store::open(&config.database_url).await?;
     let page_tokens = PageTokens::new(store.page_token_key(&generate_key()).await?);
-    let users = users_client::UsersClient::new(
-        server::channel(
-            &config.users_url,
-            config.common.client_tls()?,
-            std::time::Duration::from_secs(1),
-        )?,
-        InternalCredentials::new(config.common.outgoing_internal_token())?,
-    );
+    let users = users_client(&config)?;
     let api = api::EntryApi::new(store, users, page_tokens, config.purge.clone());
 
     let (router, health) = server::base_router(tokens, config.common.server_tls()?).await?;
@@ -105,6 +102,53 @@ pub async fn serve_with_listener(
         config.common.shutdown_grace(),
     )
     .await
+}
+
+/// The client this service asks whether users exist.
+fn users_client(config: &Config) -> anyhow::Result<users_client::UsersClient> {
+    Ok(users_client::UsersClient::new(
+        server::channel(
+            &config.users_url,
+            config.common.client_tls()?,
+            std::time::Duration::from_secs(1),
+        )?,
+        InternalCredentials::new(config.common.outgoing_internal_token())?,
+    ))
+}
+
+/// The body of the `heft-entries` binary (and of `heft entries`).
+pub async fn main(cli: Cli) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = cli.config;
+    match cli.command {
+        Some(Command::AuditOrphans(args)) => {
+            if let Err(error) =
+                heft_service::telemetry::init(&config.common.log, config.common.log_format)
+            {
+                eprintln!("{error:#}");
+                return ExitCode::from(2);
+            }
+            match audit::run(&config, &args, &mut std::io::stdout()).await {
+                Ok(audit::AuditOutcome::Clean) => ExitCode::SUCCESS,
+                Ok(audit::AuditOutcome::Orphans) => ExitCode::from(1),
+                Ok(audit::AuditOutcome::PurgeRefused) => ExitCode::from(2),
+                Err(error) => {
+                    eprintln!("audit-orphans aborted: {error:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        command => {
+            server::main(
+                "heft-entries",
+                matches!(command, Some(Command::Healthcheck)),
+                &config.common,
+                healthcheck(&config),
+                run(config.clone()),
+            )
+            .await
+        }
+    }
 }
 
 /// The `healthcheck` subcommand: true when the service reports SERVING.

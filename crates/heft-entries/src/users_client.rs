@@ -10,8 +10,12 @@ use std::{
 };
 
 use heft_proto::users::v1::{GetUserRequest, user_service_client::UserServiceClient};
-use heft_service::{ErrorCode, RequestId, ServiceError, server::InternalCredentials};
-use tonic::{Code, transport::Channel};
+use heft_service::{
+    ErrorCode, RequestId, ServiceError,
+    peer::{self, PeerAnswer},
+    server::InternalCredentials,
+};
+use tonic::transport::Channel;
 
 use crate::domain::UserId;
 
@@ -25,6 +29,10 @@ pub enum UsersError {
     UserNotFound,
     #[error("users service unavailable: {0}")]
     Unavailable(String),
+    /// The users service is up but refuses us: a misconfiguration that only
+    /// an operator can fix (see [`heft_service::peer`]).
+    #[error("users service refused the lookup: {0}")]
+    Refused(String),
 }
 
 impl ServiceError for UsersError {
@@ -32,6 +40,7 @@ impl ServiceError for UsersError {
         match self {
             UsersError::UserNotFound => ErrorCode::NotFound,
             UsersError::Unavailable(_) => ErrorCode::Unavailable,
+            UsersError::Refused(_) => ErrorCode::Internal,
         }
     }
 
@@ -39,6 +48,7 @@ impl ServiceError for UsersError {
         match self {
             UsersError::UserNotFound => "USER_NOT_FOUND",
             UsersError::Unavailable(_) => "USERS_SERVICE_UNAVAILABLE",
+            UsersError::Refused(_) => "USERS_SERVICE_REFUSED",
         }
     }
 }
@@ -90,6 +100,18 @@ impl UsersClient {
         if self.cached(user_id) {
             return Ok(());
         }
+        self.lookup(user_id, request_id).await?;
+        self.remember(user_id);
+        Ok(())
+    }
+
+    /// Asks the users service, bypassing the cache: `UserNotFound` only on a
+    /// definite NOT_FOUND.
+    pub async fn lookup(
+        &self,
+        user_id: UserId,
+        request_id: Option<&RequestId>,
+    ) -> Result<(), UsersError> {
         let request = self.credentials.request(
             GetUserRequest {
                 id: user_id.to_string(),
@@ -97,18 +119,25 @@ impl UsersClient {
             request_id,
             LOOKUP_DEADLINE,
         );
-        match self.client.clone().get_user(request).await {
-            Ok(_) => {
-                self.remember(user_id);
-                Ok(())
-            }
-            Err(status) if status.code() == Code::NotFound => Err(UsersError::UserNotFound),
-            Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "users service lookup failed");
+        let Err(status) = self.client.clone().get_user(request).await else {
+            return Ok(());
+        };
+        let described = peer::describe(&status);
+        match peer::classify(&status) {
+            PeerAnswer::NotFound => Err(UsersError::UserNotFound),
+            PeerAnswer::Transient => {
+                tracing::warn!(%user_id, error = %described, "users service lookup failed");
                 Err(UsersError::Unavailable(format!(
-                    "cannot confirm that the user exists ({:?})",
-                    status.code()
+                    "cannot confirm that the user exists ({})",
+                    peer::code_name(status.code())
                 )))
+            }
+            PeerAnswer::Refused => {
+                tracing::error!(
+                    %user_id, error = %described, check = peer::what_to_check(status.code()),
+                    "users service refused the lookup"
+                );
+                Err(UsersError::Refused(described))
             }
         }
     }

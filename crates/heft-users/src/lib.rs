@@ -131,6 +131,19 @@ pub async fn serve_with_listener(
     served
 }
 
+/// The body of the `heft-users` binary (and of `heft users`).
+pub async fn main(cli: Cli) -> std::process::ExitCode {
+    let config = cli.config;
+    server::main(
+        "heft-users",
+        matches!(cli.command, Some(Command::Healthcheck)),
+        &config.common,
+        healthcheck(&config),
+        run(config.clone()),
+    )
+    .await
+}
+
 /// The `healthcheck` subcommand: true when the service reports SERVING.
 pub async fn healthcheck(config: &Config) -> anyhow::Result<bool> {
     let url = server::local_url(config.listen, config.common.tls_cert.is_some());
