@@ -6,79 +6,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Clients, Kind, Process, ServiceSpec, free_port};
+use common::{ServiceSpec, Stack, free_port};
 use heft_proto::users::v1::PurgeState;
-use heft_test_support::{Backend, TestDatabase, backend_tests};
+use heft_test_support::{TestDatabase, backend_tests};
 use tonic::Code;
 
 const PURGED: i32 = PurgeState::Purged as i32;
 const PENDING: i32 = PurgeState::Pending as i32;
-
-struct Stack {
-    users_spec: ServiceSpec,
-    entries_spec: ServiceSpec,
-    _databases: (TestDatabase, TestDatabase),
-}
-
-impl Stack {
-    async fn new(db: TestDatabase) -> Self {
-        let entries_db = match db.backend {
-            Backend::Sqlite => TestDatabase::sqlite(),
-            Backend::Postgres => TestDatabase::postgres().await.expect("postgres configured"),
-        };
-        let (users_addr, entries_addr) = (free_port(), free_port());
-        Self {
-            users_spec: ServiceSpec {
-                kind: Kind::Users,
-                listen: users_addr,
-                database_url: db.url.clone(),
-                peer: entries_addr,
-                internal_token: common::INTERNAL_TOKEN,
-            },
-            entries_spec: ServiceSpec {
-                kind: Kind::Entries,
-                listen: entries_addr,
-                database_url: entries_db.url.clone(),
-                peer: users_addr,
-                internal_token: common::INTERNAL_TOKEN,
-            },
-            _databases: (db, entries_db),
-        }
-    }
-
-    async fn start(&self) -> (Process, Process) {
-        (
-            self.users_spec.start().await,
-            self.entries_spec.start().await,
-        )
-    }
-
-    /// A user with `entries` entries, deleted while the entries service is
-    /// stopped: the purge is left pending.
-    async fn pending_purge(&self, entries_service: Process, entries: usize) -> String {
-        let mut clients = self.clients();
-        let user = clients.create_user().await;
-        clients.import(&user, entries).await;
-        entries_service.stop();
-        let deleted = clients
-            .delete_user(&user, None)
-            .await
-            .expect("delete with entries down");
-        assert_eq!(
-            (deleted.purge_state, deleted.purged_entry_count),
-            (PENDING, 0)
-        );
-        assert_eq!(
-            clients.get_user(&user).await.expect_err("deleted").code(),
-            Code::NotFound
-        );
-        user
-    }
-
-    fn clients(&self) -> Clients {
-        Clients::new(self.users_spec.listen, self.entries_spec.listen)
-    }
-}
 
 backend_tests!(
     delete_user_purges_every_entry,
@@ -302,33 +236,4 @@ async fn replicas_deliver_each_pending_job_once() {
         users.len(),
         "one acknowledged delivery per job"
     );
-}
-
-/// A purge the entries service refuses for good (here: a wrong internal
-/// token) is parked for an operator after one attempt, not retried forever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn refused_purges_are_parked_not_retried() {
-    let stack = Stack::new(TestDatabase::sqlite()).await;
-    let misconfigured = ServiceSpec {
-        internal_token: "not-the-internal-token",
-        ..stack.users_spec.clone()
-    };
-    let entries = stack.entries_spec.start().await;
-    let users = misconfigured.start().await;
-    let mut clients = stack.clients();
-    let user = clients.create_user().await;
-
-    let deleted = clients.delete_user(&user, None).await.expect("delete");
-    assert_eq!(deleted.purge_state, PENDING);
-    // Several retry periods (200 ms, doubling) pass.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    let entries_log = entries.stop();
-    let users_log = users.stop();
-    let attempts = entries_log
-        .lines()
-        .filter(|l| l.contains("PurgeUserEntries") && l.contains("rpc finished"))
-        .count();
-    assert_eq!(attempts, 1, "one delivery, then parked:\n{entries_log}");
-    assert!(users_log.contains("parked as failed"), "{users_log}");
 }

@@ -2,6 +2,9 @@
 //! stopped gracefully (SIGTERM) or killed (SIGKILL), restarted on the same
 //! port and database, their logs captured.
 
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener},
@@ -16,6 +19,7 @@ use heft_proto::{
     google::r#type::Date,
     users::v1::{self as users_pb, user_service_client::UserServiceClient},
 };
+use heft_test_support::{Backend, TestDatabase};
 use tonic::transport::Channel;
 
 pub const API_TOKEN: &str = "e2e-api-token";
@@ -41,8 +45,11 @@ pub struct ServiceSpec {
     pub listen: SocketAddr,
     pub database_url: String,
     pub peer: SocketAddr,
-    /// The token this service presents to, and accepts from, the other one.
-    pub internal_token: &'static str,
+    /// `HEFT_INTERNAL_TOKEN`: the first is presented to the other service,
+    /// all are accepted from it.
+    pub internal_token: String,
+    /// More flags, after the defaults (a later flag wins).
+    pub extra_args: Vec<String>,
 }
 
 /// One running service process.
@@ -79,23 +86,21 @@ impl ServiceSpec {
                 "--api-tokens",
                 API_TOKEN,
                 "--internal-token",
-                self.internal_token,
+                &self.internal_token,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if self.kind == Kind::Users {
-            // Retry quickly, so that a restarted entries service is purged within a second or two.
-            command.args([
-                "--purge-retry-initial-ms",
-                "200",
-                "--purge-retry-max-ms",
-                "1000",
-                "--purge-poll-ms",
-                "100",
-                "--purge-immediate-timeout-ms",
-                "1000",
-            ]);
+            // Retry quickly, so that a restarted entries service is purged
+            // within a second or two. Variables, so that `extra_args` can
+            // override them with flags.
+            command
+                .env("HEFT_PURGE_RETRY_INITIAL_MS", "200")
+                .env("HEFT_PURGE_RETRY_MAX_MS", "1000")
+                .env("HEFT_PURGE_POLL_MS", "100")
+                .env("HEFT_PURGE_IMMEDIATE_TIMEOUT_MS", "1000");
         }
+        command.args(&self.extra_args);
         let mut child = command.spawn().expect("spawn heft");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
@@ -143,6 +148,17 @@ impl Process {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A `kB` field of the process's `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("process status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 
     pub fn log_text(&self) -> String {
@@ -313,6 +329,54 @@ impl Clients {
             .map(tonic::Response::into_inner)
     }
 
+    pub async fn get_purge_job(
+        &mut self,
+        user_id: &str,
+    ) -> Result<users_pb::PurgeJob, tonic::Status> {
+        self.users
+            .get_purge_job(authorized(users_pb::GetPurgeJobRequest {
+                user_id: user_id.into(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn list_purge_jobs(
+        &mut self,
+        state: users_pb::PurgeState,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<users_pb::ListPurgeJobsResponse, tonic::Status> {
+        self.users
+            .list_purge_jobs(authorized(users_pb::ListPurgeJobsRequest {
+                state: state.into(),
+                page_size,
+                page_token: page_token.into(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Polls GetPurgeJob until the job is purged; returns it.
+    pub async fn wait_until_job_purged(
+        &mut self,
+        user_id: &str,
+        within: Duration,
+    ) -> users_pb::PurgeJob {
+        let started = Instant::now();
+        loop {
+            let job = self.get_purge_job(user_id).await.expect("purge job");
+            if job.state == users_pb::PurgeState::Purged as i32 {
+                return job;
+            }
+            assert!(
+                started.elapsed() < within,
+                "purge of {user_id} still pending after {within:?}: {job:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn get_user(&mut self, user_id: &str) -> Result<users_pb::User, tonic::Status> {
         self.users
             .get_user(authorized(users_pb::GetUserRequest { id: user_id.into() }))
@@ -333,5 +397,77 @@ impl Clients {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Both services on fresh databases of one backend, started and restarted
+/// at will on the same ports and databases.
+pub struct Stack {
+    pub users_spec: ServiceSpec,
+    pub entries_spec: ServiceSpec,
+    pub users_db: TestDatabase,
+    pub entries_db: TestDatabase,
+}
+
+impl Stack {
+    pub async fn new(users_db: TestDatabase) -> Self {
+        let entries_db = match users_db.backend {
+            Backend::Sqlite => TestDatabase::sqlite(),
+            Backend::Postgres => TestDatabase::postgres().await.expect("postgres configured"),
+        };
+        let (users_addr, entries_addr) = (free_port(), free_port());
+        Self {
+            users_spec: ServiceSpec {
+                kind: Kind::Users,
+                listen: users_addr,
+                database_url: users_db.url.clone(),
+                peer: entries_addr,
+                internal_token: INTERNAL_TOKEN.to_owned(),
+                extra_args: Vec::new(),
+            },
+            entries_spec: ServiceSpec {
+                kind: Kind::Entries,
+                listen: entries_addr,
+                database_url: entries_db.url.clone(),
+                peer: users_addr,
+                internal_token: INTERNAL_TOKEN.to_owned(),
+                extra_args: Vec::new(),
+            },
+            users_db,
+            entries_db,
+        }
+    }
+
+    pub async fn start(&self) -> (Process, Process) {
+        (
+            self.users_spec.start().await,
+            self.entries_spec.start().await,
+        )
+    }
+
+    /// A user with `entries` entries, deleted while the entries service is
+    /// stopped: the purge is left pending.
+    pub async fn pending_purge(&self, entries_service: Process, entries: usize) -> String {
+        let mut clients = self.clients();
+        let user = clients.create_user().await;
+        clients.import(&user, entries).await;
+        entries_service.stop();
+        let deleted = clients
+            .delete_user(&user, None)
+            .await
+            .expect("delete with entries down");
+        assert_eq!(
+            (deleted.purge_state, deleted.purged_entry_count),
+            (users_pb::PurgeState::Pending as i32, 0)
+        );
+        assert_eq!(
+            clients.get_user(&user).await.expect_err("deleted").code(),
+            tonic::Code::NotFound
+        );
+        user
+    }
+
+    pub fn clients(&self) -> Clients {
+        Clients::new(self.users_spec.listen, self.entries_spec.listen)
     }
 }

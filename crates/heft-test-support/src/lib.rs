@@ -68,6 +68,86 @@ impl TestDatabase {
     }
 }
 
+/// A copy of a test database, as an operator's backup would be.
+#[derive(Debug)]
+pub enum Snapshot {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+const SQLITE_FILES: [&str; 3] = ["", "-wal", "-shm"];
+
+impl TestDatabase {
+    fn sqlite_path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(self.url.trim_start_matches("sqlite://"))
+    }
+
+    fn postgres_name(&self) -> &str {
+        let path = self.url.split('?').next().unwrap_or_default();
+        path.rsplit('/').next().unwrap_or_default()
+    }
+
+    /// Backs the database up. Whoever uses it must be stopped.
+    pub async fn snapshot(&self) -> Snapshot {
+        match self.backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("snapshot directory");
+                let path = self.sqlite_path();
+                for suffix in SQLITE_FILES {
+                    let file = format!("{}{suffix}", path.display());
+                    if std::path::Path::new(&file).exists() {
+                        std::fs::copy(&file, dir.path().join(format!("db{suffix}")))
+                            .expect("copy database file");
+                    }
+                }
+                Snapshot::Sqlite(dir)
+            }
+            Backend::Postgres => {
+                let copy = format!("{}_snap", self.postgres_name());
+                admin_sql(&format!(
+                    "CREATE DATABASE {copy} TEMPLATE {}",
+                    self.postgres_name()
+                ))
+                .await;
+                Snapshot::Postgres(copy)
+            }
+        }
+    }
+
+    /// Restores a backup over the database. Whoever uses it must be stopped.
+    pub async fn restore(&self, snapshot: &Snapshot) {
+        match snapshot {
+            Snapshot::Sqlite(dir) => {
+                let path = self.sqlite_path();
+                for suffix in SQLITE_FILES {
+                    let file = format!("{}{suffix}", path.display());
+                    let _ = std::fs::remove_file(&file);
+                    let saved = dir.path().join(format!("db{suffix}"));
+                    if saved.exists() {
+                        std::fs::copy(&saved, &file).expect("restore database file");
+                    }
+                }
+            }
+            Snapshot::Postgres(copy) => {
+                let name = self.postgres_name();
+                admin_sql(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+                admin_sql(&format!("CREATE DATABASE {name} TEMPLATE {copy}")).await;
+            }
+        }
+    }
+}
+
+async fn admin_sql(statement: &str) {
+    let admin_url = postgres_url().expect("postgres configured");
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_URL_VAR}: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+}
+
 /// The PostgreSQL server for tests; panics under `CI=true` when unset.
 pub fn postgres_url() -> Option<String> {
     match std::env::var(POSTGRES_URL_VAR) {

@@ -334,10 +334,12 @@ impl EntryStore for PostgresEntryStore {
         // One statement, so one round trip and its own transaction. Rows are
         // picked through the user's index and deleted by physical address (a
         // TID scan), so the plan cannot turn into a scan of the whole table.
+        // Without a tombstone nothing is deleted (the UPDATE finds no row).
         let (deleted, total): (i64, i64) = sqlx::query_as(
             "WITH doomed AS (
                 DELETE FROM entries
                 WHERE ctid = ANY (ARRAY(SELECT ctid FROM entries WHERE user_id = $1 LIMIT $2))
+                  AND EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)
                 RETURNING 1)
              UPDATE purged_users SET deleted_count = deleted_count + (SELECT count(*) FROM doomed)
              WHERE user_id = $1
