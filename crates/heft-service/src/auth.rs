@@ -1,4 +1,4 @@
-//! Bearer-token authentication (SPEC "Security").
+//! Bearer-token authentication (docs/contract.md, "Security").
 //!
 //! Tokens are compared as SHA-256 digests in constant time, so neither a
 //! token's content nor its length leaks through timing. No token is ever

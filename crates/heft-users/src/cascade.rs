@@ -1,4 +1,4 @@
-//! The cross-service cascade (SPEC "Cascade"): deleting a user records a
+//! The cross-service cascade (docs/contract.md, "Cascade"): deleting a user records a
 //! purge job in the same transaction (the outbox); the job is delivered to
 //! the entries service's `PurgeUserEntries` right away, and redelivered by a
 //! dispatcher with capped, jittered exponential backoff until acknowledged.

@@ -273,7 +273,7 @@ pub fn summarize(
     );
     let unit = violations.check("unit", read_unit(request.unit));
     violations.into_result()?;
-    // SPEC: unspecified means kilograms here.
+    // The contract: unspecified means kilograms here.
     Ok((
         checked(user_id),
         range,

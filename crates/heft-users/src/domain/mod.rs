@@ -112,7 +112,7 @@ pub enum WeightUnit {
 }
 
 impl WeightUnit {
-    /// SPEC: a new account prefers pounds unless it says otherwise.
+    /// The contract: a new account prefers pounds unless it says otherwise.
     pub const DEFAULT: Self = Self::Pounds;
 
     /// Stable number of the unit in storage and on the wire (`heft.common.v1.WeightUnit`).
@@ -164,7 +164,7 @@ pub struct Credentials {
     pub password_hash: String,
 }
 
-/// Failed-login throttling (SPEC "Security"): at most `max_failures` failed
+/// Failed-login throttling (docs/contract.md, "Security"): at most `max_failures` failed
 /// attempts per account within `window`.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginThrottle {
