@@ -182,10 +182,9 @@ async fn request_id_follows_a_deletion_across_services(db: TestDatabase) {
 /// Two users-service replicas on one PostgreSQL database share 100 pending
 /// jobs: every job is delivered, and none twice (counted on the entries side).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "PostgreSQL: set HEFT_TEST_POSTGRES_URL, run with -- --include-ignored"]
 async fn replicas_deliver_each_pending_job_once() {
-    let Some(db) = TestDatabase::postgres().await else {
-        return;
-    };
+    let db = TestDatabase::postgres().await;
     let stack = Stack::new(db).await;
     let (replica_a, entries) = stack.start().await;
     let mut clients = stack.clients();

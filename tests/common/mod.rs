@@ -413,7 +413,7 @@ impl Stack {
     pub async fn new(users_db: TestDatabase) -> Self {
         let entries_db = match users_db.backend {
             Backend::Sqlite => TestDatabase::sqlite(),
-            Backend::Postgres => TestDatabase::postgres().await.expect("postgres configured"),
+            Backend::Postgres => TestDatabase::postgres().await,
         };
         let (users_addr, entries_addr) = (free_port(), free_port());
         Self {

@@ -87,7 +87,8 @@ pub async fn serve_with_listener(
     let users = users_client(&config)?;
     let api = api::EntryApi::new(store, users, page_tokens, config.purge.clone());
 
-    let (router, health) = server::base_router(tokens, config.common.server_tls()?).await?;
+    let (router, health) =
+        server::base_router(SERVICE_NAME, tokens, config.common.server_tls()?).await?;
     let router = router.add_service(
         EntryServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -690,3 +690,15 @@ async fn purge_is_internal_only_idempotent_and_final() {
         .into_inner();
     assert!(listed.entries.is_empty());
 }
+
+/// Reflection on the entries port lists the entries service, health and
+/// reflection, not the users service, and describes each (v1 and v1alpha).
+#[tokio::test]
+async fn reflection_serves_exactly_this_port() {
+    let stack = start_stack(&[]).await;
+    heft_test_support::assert_reflection_serves_exactly(
+        &stack.entries.url(),
+        heft_entries::SERVICE_NAME,
+    )
+    .await;
+}

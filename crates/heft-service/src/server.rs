@@ -29,6 +29,7 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// A router with health, reflection (v1 and v1alpha) and the RPC layer; the
 /// caller adds its own service. Health says NOT_SERVING until [`serve`].
 pub async fn base_router(
+    service_name: &str,
     tokens: Tokens,
     tls: Option<ServerTlsConfig>,
 ) -> anyhow::Result<(HeftRouter, HealthReporter)> {
@@ -43,14 +44,23 @@ pub async fn base_router(
         .set_service_status("", ServingStatus::NotServing)
         .await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(heft_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(heft_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = || {
+        // Reflection lists exactly what this port serves, and describes each
+        // of those services, both reflection versions included.
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(heft_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            .with_service_name(service_name)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let mut server = Server::builder();
     if let Some(tls) = tls {

@@ -105,7 +105,8 @@ pub async fn serve_with_listener(
     let (stop_dispatcher, dispatcher_stopped) = watch::channel(false);
     let dispatcher = tokio::spawn(cascade.run_dispatcher(dispatcher_stopped));
 
-    let (router, health) = server::base_router(tokens, config.common.server_tls()?).await?;
+    let (router, health) =
+        server::base_router(SERVICE_NAME, tokens, config.common.server_tls()?).await?;
     let router = router.add_service(
         UserServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -653,10 +653,9 @@ async fn request_ids_are_echoed_or_generated() {
 }
 
 #[tokio::test]
+#[ignore = "PostgreSQL: set HEFT_TEST_POSTGRES_URL, run with -- --include-ignored"]
 async fn postgres_backend_serves_the_same_api() {
-    let Some(db) = TestDatabase::postgres().await else {
-        return;
-    };
+    let db = TestDatabase::postgres().await;
     let service = start_users(&db, &[]).await;
     let mut client = client(&service).await;
     let ada = create(&mut client, "Ada@Example.com").await;
@@ -682,69 +681,14 @@ async fn postgres_backend_serves_the_same_api() {
     assert_eq!(deleted.purge_state, PurgeState::Pending as i32);
 }
 
-/// Reflection answers on v1 and v1alpha: what grpcurl and buf curl use.
+/// Reflection lists exactly what this port serves and describes it, on v1
+/// and v1alpha: what grpcurl and buf curl use.
 #[tokio::test]
 async fn reflection_lists_the_services() {
-    use tonic_reflection::pb::{v1, v1alpha};
-
     let db = TestDatabase::sqlite();
     let service = start_users(&db, &[]).await;
-    let channel = Channel::from_shared(service.url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut responses = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection v1")
-        .into_inner();
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        responses
-            .message()
-            .await
-            .expect("response")
-            .and_then(|r| r.message_response)
-    else {
-        panic!("expected a list of services");
-    };
-    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"heft.users.v1.UserService"), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
-
-    let request = v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-                "heft.users.v1.UserService".to_owned(),
-            ),
-        ),
-    };
-    let mut responses = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection v1alpha")
-        .into_inner();
-    let response = responses
-        .message()
-        .await
-        .expect("response")
-        .and_then(|r| r.message_response);
-    assert!(
-        matches!(
-            response,
-            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
-                if !files.file_descriptor_proto.is_empty()
-        ),
-        "{response:?}"
-    );
+    heft_test_support::assert_reflection_serves_exactly(&service.url(), heft_users::SERVICE_NAME)
+        .await;
 }
 
 /// `heft-users healthcheck` exits 0 while the service is SERVING, and not
