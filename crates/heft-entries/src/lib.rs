@@ -82,6 +82,9 @@ pub async fn serve_with_listener(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let tokens = config.common.tokens()?;
+    config
+        .common
+        .check_exposure(&tokens, listener.local_addr()?)?;
     let store = store::open(&config.database_url).await?;
     let page_tokens = PageTokens::new(store.page_token_key(&generate_key()).await?);
     let users = users_client(&config)?;

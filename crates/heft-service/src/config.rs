@@ -50,6 +50,10 @@ pub struct CommonArgs {
     #[arg(long, env = "HEFT_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Allow running without tokens on a non-loopback address (never in production).
+    #[arg(long, env = "HEFT_ALLOW_OPEN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_open: bool,
+
     /// How long shutdown waits for in-flight calls, in seconds.
     #[arg(long, env = "HEFT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -61,6 +65,23 @@ impl CommonArgs {
         let tokens = Tokens::new(&self.api_tokens, &self.internal_token);
         tokens.check_complete().map_err(anyhow::Error::msg)?;
         Ok(tokens)
+    }
+
+    /// Protected mode, like Redis's: a service without tokens listens only
+    /// on loopback unless `HEFT_ALLOW_OPEN=true`.
+    pub fn check_exposure(
+        &self,
+        tokens: &Tokens,
+        listen: std::net::SocketAddr,
+    ) -> anyhow::Result<()> {
+        if tokens.is_open() && !listen.ip().is_loopback() && !self.allow_open {
+            anyhow::bail!(
+                "refusing to listen on {listen} without tokens: set HEFT_API_TOKENS and \
+                 HEFT_INTERNAL_TOKEN, listen on a loopback address, or set HEFT_ALLOW_OPEN=true \
+                 (development only)"
+            );
+        }
+        Ok(())
     }
 
     /// The internal token this service presents to the other one: the first.

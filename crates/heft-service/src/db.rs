@@ -44,7 +44,11 @@ pub async fn connect_sqlite(url: &str, migrator: &Migrator) -> anyhow::Result<Sq
     let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        // FULL: a commit survives a power loss. The users database holds the
+        // outbox (a deletion answered must not come back without its purge
+        // job), the entries database the tombstones and purges the users
+        // service recorded as done; both are promises made to a caller.
+        .synchronous(SqliteSynchronous::Full)
         // A writer waits at most this long for SQLite's write lock.
         .busy_timeout(ACQUIRE_TIMEOUT)
         .foreign_keys(true);

@@ -718,3 +718,38 @@ async fn healthcheck_subcommand_follows_the_service() {
         .expect("join");
     assert!(!stopped.status.success(), "{stopped:?}");
 }
+
+/// Start-up refusals: an open service on a non-loopback address (protected
+/// mode) and API tokens without an internal token; each names what to set.
+#[tokio::test]
+async fn refuses_to_start_exposed_or_half_configured() {
+    let db = TestDatabase::sqlite();
+    let start = |listen: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec!["heft-users", "--database-url", &db.url];
+        args.extend_from_slice(extra);
+        let config = heft_users::Cli::try_parse_from(args).expect("flags").config;
+        async move {
+            let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                heft_users::serve_with_listener(config, listener, std::future::ready(())),
+            )
+            .await
+            .expect("returns")
+        }
+    };
+    let exposed = start("0.0.0.0:0", &[]).await.expect_err("exposed and open");
+    assert!(
+        exposed.to_string().contains("HEFT_ALLOW_OPEN"),
+        "{exposed:#}"
+    );
+    let half = start("127.0.0.1:0", &["--api-tokens", "api"])
+        .await
+        .expect_err("half configured");
+    assert!(half.to_string().contains("HEFT_INTERNAL_TOKEN"), "{half:#}");
+    // Loopback, or an explicit opt-in, starts (and stops at once here).
+    start("127.0.0.1:0", &[]).await.expect("loopback is fine");
+    start("0.0.0.0:0", &["--allow-open", "true"])
+        .await
+        .expect("allowed explicitly");
+}

@@ -114,6 +114,15 @@ impl Note {
         if raw.chars().count() > Self::MAX_CHARS {
             return Err(Invalid("must be at most 500 characters"));
         }
+        // PostgreSQL cannot store U+0000: both backends refuse alike.
+        if raw
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err(Invalid(
+                "must not contain control characters other than newline and tab",
+            ));
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -188,6 +197,16 @@ pub struct ListQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notes_refuse_control_characters_but_newline_and_tab() {
+        assert!(Note::parse("line one\nline two\tend").is_ok());
+        assert!(Note::parse("nul\u{0}byte").is_err());
+        assert!(Note::parse("bell\u{7}").is_err());
+        assert!(Note::parse("cr\r").is_err());
+        assert!(Note::parse(&"é".repeat(500)).is_ok());
+        assert!(Note::parse(&"é".repeat(501)).is_err());
+    }
 
     #[test]
     fn recorded_on_is_bounded_by_1900_and_tomorrow() {

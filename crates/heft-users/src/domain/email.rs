@@ -1,7 +1,10 @@
+use unicode_normalization::UnicodeNormalization;
+
 use super::Invalid;
 
-/// A plausible email address, trimmed and lower-cased: the form it is stored
-/// and compared in, which makes uniqueness and login case-insensitive.
+/// A plausible email address, trimmed, NFC-normalised and lower-cased: the
+/// form it is stored and compared in, which makes uniqueness and login
+/// case-insensitive, and `josé` typed composed or decomposed one address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
@@ -9,7 +12,7 @@ impl Email {
     pub const MAX_CHARS: usize = 254;
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let email = raw.trim().to_lowercase();
+        let email = raw.trim().nfc().collect::<String>().to_lowercase();
         if email.is_empty() {
             return Err(Invalid("must not be empty"));
         }
@@ -37,6 +40,14 @@ impl Email {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn composed_and_decomposed_forms_are_one_address() {
+        let composed = Email::parse("Jos\u{e9}@example.com").expect("composed");
+        let decomposed = Email::parse("jose\u{301}@EXAMPLE.com").expect("decomposed");
+        assert_eq!(composed, decomposed);
+        assert_eq!(composed.as_str(), "jos\u{e9}@example.com");
+    }
 
     #[test]
     fn normalises_case_and_whitespace() {
