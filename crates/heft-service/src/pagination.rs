@@ -90,6 +90,26 @@ impl PageTokens {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
+    /// Ends a page fetched with one row more than `page_size`: drops the
+    /// extra row and returns the token of the next page (empty on the last).
+    pub fn finish_page<T, C: Serialize>(
+        &self,
+        scope: &str,
+        filter: &impl Serialize,
+        rows: &mut Vec<T>,
+        page_size: u32,
+        cursor_after: impl Fn(&T) -> C,
+    ) -> String {
+        let page_size = page_size as usize;
+        if rows.len() <= page_size {
+            return String::new();
+        }
+        rows.truncate(page_size);
+        rows.last()
+            .map(|last| self.encode(scope, filter, cursor_after(last)))
+            .unwrap_or_default()
+    }
+
     /// The cursor in `token`, if this service issued it for a call with the
     /// same filters, unchanged and recently. An empty token is the first page.
     pub fn decode<C: DeserializeOwned>(

@@ -158,18 +158,13 @@ impl EntryService for EntryApi {
             .list_entries(&query)
             .await
             .map_err(ApiError::from)?;
-        let next_page_token = if entries.len() > page_size as usize {
-            entries.truncate(page_size as usize);
-            entries
-                .last()
-                .map(|last| {
-                    self.page_tokens
-                        .encode(PAGE_SCOPE, &filter, Cursor::after(last))
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = self.page_tokens.finish_page(
+            PAGE_SCOPE,
+            &filter,
+            &mut entries,
+            page_size,
+            Cursor::after,
+        );
         Ok(Response::new(pb::ListEntriesResponse {
             entries: entries
                 .iter()

@@ -169,15 +169,9 @@ impl UserService for UserApi {
             .list_users(after.map(UserId), page_size + 1)
             .await
             .map_err(ApiError::from)?;
-        let next_page_token = if users.len() > page_size as usize {
-            users.truncate(page_size as usize);
-            users
-                .last()
-                .map(|last| self.page_tokens.encode(PAGE_SCOPE, &(), last.id.0))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            self.page_tokens
+                .finish_page(PAGE_SCOPE, &(), &mut users, page_size, |last| last.id.0);
         Ok(Response::new(pb::ListUsersResponse {
             users: users.iter().map(convert::user_to_proto).collect(),
             next_page_token,
@@ -320,18 +314,13 @@ impl UserService for UserApi {
             })
             .await
             .map_err(ApiError::from)?;
-        let next_page_token = if records.len() > page_size as usize {
-            records.truncate(page_size as usize);
-            records
-                .last()
-                .map(|last| {
-                    self.page_tokens
-                        .encode(PURGE_JOBS_PAGE_SCOPE, &state, PurgeCursor::after(last))
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = self.page_tokens.finish_page(
+            PURGE_JOBS_PAGE_SCOPE,
+            &state,
+            &mut records,
+            page_size,
+            PurgeCursor::after,
+        );
         Ok(Response::new(pb::ListPurgeJobsResponse {
             purge_jobs: records.iter().map(convert::purge_record_to_proto).collect(),
             next_page_token,
