@@ -74,14 +74,9 @@ pub enum PurgeOutcome {
     Pending,
 }
 
-/// What one delivery attempt achieved.
-#[derive(Debug)]
-enum Delivery {
-    /// Acknowledged, with the total every purge of the user deleted.
-    Purged(i64),
-    /// Not acknowledged; the job stays pending and is retried.
-    Failed(tonic::Status),
-}
+/// What one delivery attempt achieved: acknowledged with the total every
+/// purge of the user deleted, or not (the job stays pending and is retried).
+type Delivery = Result<i64, tonic::Status>;
 
 pub struct Cascade {
     store: Arc<dyn UserStore>,
@@ -129,7 +124,7 @@ impl Cascade {
             async move {
                 let delivery = cascade.deliver(&job, deadline).await;
                 let outcome = match &delivery {
-                    Delivery::Purged(count) => PurgeOutcome::Purged {
+                    Ok(count) => PurgeOutcome::Purged {
                         deleted_entries: *count,
                     },
                     _ => PurgeOutcome::Pending,
@@ -152,10 +147,11 @@ impl Cascade {
             deadline,
         );
         // A clone of the client is a handle on the same connection.
-        match self.entries.clone().purge_user_entries(request).await {
-            Ok(response) => Delivery::Purged(response.into_inner().total_deleted_count),
-            Err(status) => Delivery::Failed(status),
-        }
+        self.entries
+            .clone()
+            .purge_user_entries(request)
+            .await
+            .map(|response| response.into_inner().total_deleted_count)
     }
 
     fn delivery_timeout(&self) -> Duration {
@@ -173,13 +169,11 @@ impl Cascade {
         let job_id = job.id;
         let user_id = job.user_id;
         let settled = match delivery {
-            Delivery::Purged(count) => {
+            Ok(count) => {
                 info!(%user_id, %job_id, total_deleted_entries = count, attempts = job.attempts, "entries purged");
                 self.store.complete_purge_job(job_id, count).await
             }
-            Delivery::Failed(status)
-                if peer::reason(&status).as_deref() == Some(peer::PURGE_INCOMPLETE) =>
-            {
+            Err(status) if peer::reason(&status).as_deref() == Some(peer::PURGE_INCOMPLETE) => {
                 // Progress, not failure: resume soon, whatever the attempt count.
                 let delay = self.backoff(1);
                 info!(
@@ -190,7 +184,7 @@ impl Cascade {
                     .retry_purge_job(job_id, delay, &peer::describe(&status))
                     .await
             }
-            Delivery::Failed(status) => {
+            Err(status) => {
                 let refused = peer::classify(&status) != PeerAnswer::Transient;
                 let delay = self.backoff(if refused {
                     job.attempts.saturating_add(REFUSAL_HEAD_START)
