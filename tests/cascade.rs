@@ -202,6 +202,7 @@ async fn replicas_deliver_each_pending_job_once() {
     }
     let replica_b = ServiceSpec {
         listen: free_port(),
+        metrics: free_port(),
         ..stack.users_spec.clone()
     }
     .start()

@@ -50,6 +50,8 @@ pub struct ServiceSpec {
     pub internal_token: String,
     /// More flags, after the defaults (a later flag wins).
     pub extra_args: Vec<String>,
+    /// Where `/metrics` is served.
+    pub metrics: SocketAddr,
 }
 
 /// One running service process.
@@ -81,6 +83,7 @@ impl ServiceSpec {
             )
             .args([subcommand, listen_flag, &self.listen.to_string()])
             .args(["--database-url", &self.database_url])
+            .args(["--metrics-listen", &self.metrics.to_string()])
             .args([peer_flag, &format!("http://{}", self.peer)])
             .args([
                 "--api-tokens",
@@ -148,6 +151,49 @@ impl Process {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The overall health status the service reports (1 SERVING, 2
+    /// NOT_SERVING), or `None` when it does not answer.
+    pub async fn health(&self) -> Option<i32> {
+        let channel = Channel::from_shared(format!("http://{}", self.spec.listen))
+            .expect("url")
+            .connect()
+            .await
+            .ok()?;
+        let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        request.set_timeout(Duration::from_secs(2));
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(request)
+            .await
+            .ok()
+            .map(|response| response.into_inner().status)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The service's `/metrics` page.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.spec.metrics)
+            .await
+            .expect("connect to metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: heft\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
     }
 
     /// A `kB` field of the process's `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
@@ -424,6 +470,7 @@ impl Stack {
                 peer: entries_addr,
                 internal_token: INTERNAL_TOKEN.to_owned(),
                 extra_args: Vec::new(),
+                metrics: free_port(),
             },
             entries_spec: ServiceSpec {
                 kind: Kind::Entries,
@@ -432,6 +479,7 @@ impl Stack {
                 peer: users_addr,
                 internal_token: INTERNAL_TOKEN.to_owned(),
                 extra_args: Vec::new(),
+                metrics: free_port(),
             },
             users_db,
             entries_db,

@@ -3,13 +3,14 @@
 //! service's cascade.
 #![forbid(unsafe_code)]
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use heft_proto::entries::v1::entry_service_server::EntryServiceServer;
 use heft_service::{
     config::CommonArgs,
+    metrics::{self, Metrics},
     pagination::{PageTokens, generate_key},
-    server::{self, InternalCredentials},
+    server::{self, InternalCredentials, Serving},
 };
 use tokio::net::TcpListener;
 
@@ -61,6 +62,13 @@ pub struct Config {
     /// Where the users service listens (to check that users exist).
     #[arg(long, env = "HEFT_USERS_URL", default_value = "http://127.0.0.1:50051")]
     pub users_url: String,
+    /// Where `/metrics` is served (Prometheus text format); empty turns it off.
+    #[arg(
+        long,
+        env = "HEFT_ENTRIES_METRICS_LISTEN",
+        default_value = "127.0.0.1:9052"
+    )]
+    pub metrics_listen: String,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
@@ -88,22 +96,44 @@ pub async fn serve_with_listener(
     let store = store::open(&config.database_url).await?;
     let page_tokens = PageTokens::new(store.page_token_key(&generate_key()).await?);
     let users = users_client(&config)?;
-    let api = api::EntryApi::new(store, users, page_tokens, config.purge.clone());
+    let api = api::EntryApi::new(store.clone(), users, page_tokens, config.purge.clone());
 
-    let (router, health) =
-        server::base_router(SERVICE_NAME, tokens, config.common.server_tls()?).await?;
+    let metrics_listener = metrics::bind(&config.metrics_listen).await?;
+    let metrics = Arc::new(Metrics::new(SERVICE_NAME));
+    let refresh_metrics: metrics::Refresh = {
+        let (metrics, store) = (metrics.clone(), store.clone());
+        Arc::new(move || {
+            let (size, idle) = store.pool_connections();
+            metrics.set_pool_connections(size, idle);
+            Box::pin(async {})
+        })
+    };
+    let (router, health) = server::base_router(
+        SERVICE_NAME,
+        tokens,
+        metrics.clone(),
+        config.common.server_tls()?,
+    )
+    .await?;
     let router = router.add_service(
         EntryServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     server::serve(
-        router,
-        health,
-        SERVICE_NAME,
-        listener,
+        Serving {
+            router,
+            health,
+            service_name: SERVICE_NAME,
+            listener,
+            grace: config.common.shutdown_grace(),
+            ready: Arc::new(move || {
+                let store = store.clone();
+                Box::pin(async move { store.ping().await.is_ok() })
+            }),
+            metrics: metrics_listener.map(|listener| (listener, metrics, refresh_metrics)),
+        },
         shutdown,
-        config.common.shutdown_grace(),
     )
     .await
 }

@@ -32,6 +32,7 @@ async fn start_stack(tokens: &[&str]) -> Stack {
         &users_db.url,
         "--entries-url",
         "http://127.0.0.1:1",
+        "--metrics-listen=127.0.0.1:0",
     ];
     users_args.extend_from_slice(tokens);
     let users_config = heft_users::Cli::try_parse_from(users_args)
@@ -48,6 +49,7 @@ async fn start_stack(tokens: &[&str]) -> Stack {
         &entries_db.url,
         "--users-url",
         &users_url,
+        "--metrics-listen=127.0.0.1:0",
     ];
     entries_args.extend_from_slice(tokens);
     let entries_config = heft_entries::Cli::try_parse_from(entries_args)

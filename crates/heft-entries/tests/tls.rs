@@ -100,6 +100,7 @@ async fn services_serve_and_call_each_other_over_tls() {
         "heft-users".to_owned(),
         "--database-url".to_owned(),
         users_db.url.clone(),
+        "--metrics-listen=127.0.0.1:0".to_owned(),
     ];
     users_args.extend(tls_flags("--entries-url", entries_addr));
     let users_config = heft_users::Cli::try_parse_from(users_args)
@@ -113,6 +114,7 @@ async fn services_serve_and_call_each_other_over_tls() {
         "heft-entries".to_owned(),
         "--database-url".to_owned(),
         entries_db.url.clone(),
+        "--metrics-listen=127.0.0.1:0".to_owned(),
     ];
     entries_args.extend(tls_flags("--users-url", users_addr));
     let entries_config = heft_entries::Cli::try_parse_from(entries_args)

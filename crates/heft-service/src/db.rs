@@ -88,6 +88,12 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the database answers, on a pooled connection (readiness).
+pub async fn ping<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    pool.acquire().await?.ping().await
+}
+
 // The same statements serve both backends ($1 is positional in SQLite too).
 const INSERT_PAGE_TOKEN_KEY: &str =
     "INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING";

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::{
     auth::{Caller, Tokens},
     error::to_status,
+    metrics::Metrics,
 };
 
 /// Metadata key carrying the request id, in and out.
@@ -59,12 +60,14 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
 #[derive(Clone)]
 pub struct RpcLayer {
     tokens: Arc<Tokens>,
+    metrics: Arc<Metrics>,
 }
 
 impl RpcLayer {
-    pub fn new(tokens: Tokens) -> Self {
+    pub fn new(tokens: Tokens, metrics: Arc<Metrics>) -> Self {
         Self {
             tokens: Arc::new(tokens),
+            metrics,
         }
     }
 }
@@ -76,6 +79,7 @@ impl<S> Layer<S> for RpcLayer {
         RpcService {
             inner,
             tokens: self.tokens.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -84,6 +88,7 @@ impl<S> Layer<S> for RpcLayer {
 pub struct RpcService<S> {
     inner: S,
     tokens: Arc<Tokens>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> Service<Request<Body>> for RpcService<S>
@@ -120,6 +125,7 @@ where
             )
         };
         request.extensions_mut().insert(request_id);
+        let metrics = self.metrics.clone();
 
         Box::pin(
             async move {
@@ -141,10 +147,12 @@ where
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
                     .unwrap_or(0);
-                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let elapsed = started.elapsed();
+                let code = tonic::Code::from_i32(grpc_status);
+                metrics.record_rpc(&method, code, elapsed);
                 tracing::info!(
-                    grpc_code = ?tonic::Code::from_i32(grpc_status),
-                    elapsed_ms,
+                    grpc_code = ?code,
+                    elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                     "rpc finished"
                 );
                 Ok(response)

@@ -3,7 +3,11 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::Notify};
+use futures::future::BoxFuture;
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, watch},
+};
 use tonic::{
     metadata::{AsciiMetadataValue, MetadataValue},
     transport::{
@@ -16,6 +20,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::{
     auth::{Secret, Tokens},
+    metrics::{self, Metrics},
     rpc_layer::{REQUEST_ID_HEADER, RequestId, RpcLayer},
 };
 
@@ -31,6 +36,7 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub async fn base_router(
     service_name: &str,
     tokens: Tokens,
+    metrics: Arc<Metrics>,
     tls: Option<ServerTlsConfig>,
 ) -> anyhow::Result<(HeftRouter, HealthReporter)> {
     if tokens.is_open() {
@@ -68,7 +74,7 @@ pub async fn base_router(
     }
     let router = server
         .timeout(MAX_REQUEST_DURATION)
-        .layer(RpcLayer::new(tokens))
+        .layer(RpcLayer::new(tokens, metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -107,37 +113,76 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// Asks whether the service can do its work now (its database answers).
+pub type ReadinessProbe = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// How often readiness is checked, and how long one check may take.
+const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything [`serve`] runs for one service.
+pub struct Serving {
+    pub router: HeftRouter,
+    pub health: HealthReporter,
+    pub service_name: &'static str,
+    pub listener: TcpListener,
+    pub grace: Duration,
+    pub ready: ReadinessProbe,
+    /// `/metrics` on its own listener, if enabled.
+    pub metrics: Option<(TcpListener, Arc<Metrics>, metrics::Refresh)>,
+}
+
 /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops
-/// accepting, and waits at most `grace` for in-flight calls.
-pub async fn serve(
-    router: HeftRouter,
-    health: HealthReporter,
-    service_name: &str,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) -> anyhow::Result<()> {
+/// accepting, and waits at most `grace` for in-flight calls. Meanwhile
+/// health follows readiness: NOT_SERVING while the database is unreachable.
+pub async fn serve(serving: Serving, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let Serving {
+        router,
+        health,
+        service_name,
+        listener,
+        grace,
+        ready,
+        metrics,
+    } = serving;
     let address = listener.local_addr()?;
-    for name in ["", service_name] {
-        health
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
-    }
+    let (stopping, stopped) = watch::channel(false);
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+
+    let readiness = tokio::spawn(follow_readiness(
+        health.clone(),
+        service_name,
+        ready,
+        stopped.clone(),
+    ));
+    let metrics_server = match metrics {
+        Some((metrics_listener, metrics, refresh)) => {
+            tracing::info!(address = %metrics_listener.local_addr()?, "serving metrics");
+            Some(tokio::spawn(metrics::serve(
+                metrics_listener,
+                metrics,
+                refresh,
+                until_stopped(stopped.clone()),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(%address, service = service_name, "serving");
 
     let draining = Arc::new(Notify::new());
     let signal = {
         let draining = draining.clone();
         let health = health.clone();
-        let service_name = service_name.to_owned();
         async move {
             shutdown.await;
-            tracing::info!(service = %service_name, "shutting down: draining in-flight calls");
-            for name in ["", service_name.as_str()] {
-                health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
+            let _ = stopping.send(true);
+            tracing::info!(
+                service = service_name,
+                "shutting down: draining in-flight calls"
+            );
+            set_health(&health, service_name, ServingStatus::NotServing).await;
             draining.notify_one();
         }
     };
@@ -148,8 +193,53 @@ pub async fn serve(
             tracing::warn!(grace_secs = grace.as_secs(), "grace period over: dropping in-flight calls");
         }
     }
+    let _ = readiness.await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     tracing::info!(service = service_name, "stopped");
     Ok(())
+}
+
+async fn set_health(health: &HealthReporter, service_name: &str, status: ServingStatus) {
+    for name in ["", service_name] {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Reports SERVING while `ready` says so, NOT_SERVING otherwise, until
+/// shutdown (which reports NOT_SERVING for good).
+async fn follow_readiness(
+    health: HealthReporter,
+    service_name: &'static str,
+    ready: ReadinessProbe,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut serving = None;
+    loop {
+        let now_ready = tokio::time::timeout(READINESS_TIMEOUT, ready())
+            .await
+            .unwrap_or(false);
+        if *stopped.borrow() {
+            return;
+        }
+        if serving != Some(now_ready) {
+            if now_ready {
+                if serving.is_some() {
+                    tracing::info!(service = service_name, "database reachable again: serving");
+                }
+                set_health(&health, service_name, ServingStatus::Serving).await;
+            } else {
+                tracing::error!(service = service_name, "database unreachable: not serving");
+                set_health(&health, service_name, ServingStatus::NotServing).await;
+            }
+            serving = Some(now_ready);
+        }
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(READINESS_INTERVAL) => {}
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

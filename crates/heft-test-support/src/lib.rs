@@ -114,7 +114,8 @@ impl TestDatabase {
         std::path::PathBuf::from(self.url.trim_start_matches("sqlite://"))
     }
 
-    fn postgres_name(&self) -> &str {
+    /// The PostgreSQL database's name.
+    pub fn postgres_name(&self) -> &str {
         let path = self.url.split('?').next().unwrap_or_default();
         path.rsplit('/').next().unwrap_or_default()
     }
@@ -169,7 +170,8 @@ impl TestDatabase {
     }
 }
 
-async fn admin_sql(statement: &str) {
+/// Runs one statement on the test server's admin database.
+pub async fn admin_sql(statement: &str) {
     let admin_url = postgres_url();
     let mut admin = PgConnection::connect(&admin_url)
         .await

@@ -2,14 +2,20 @@
 //! cascade that purges a deleted user's entries in the entries service.
 #![forbid(unsafe_code)]
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicI64},
+};
 
 use heft_proto::users::v1::user_service_server::UserServiceServer;
 use heft_service::{
     config::CommonArgs,
+    metrics::{self, FloatGauge, Metrics, StateLabels},
     pagination::{PageTokens, generate_key},
-    server::{self, InternalCredentials, MAX_MESSAGE_BYTES},
+    server::{self, InternalCredentials, MAX_MESSAGE_BYTES, Serving},
 };
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
 use tokio::{net::TcpListener, sync::watch};
 
 pub mod api;
@@ -56,6 +62,13 @@ pub struct Config {
         default_value = "http://127.0.0.1:50052"
     )]
     pub entries_url: String,
+    /// Where `/metrics` is served (Prometheus text format); empty turns it off.
+    #[arg(
+        long,
+        env = "HEFT_USERS_METRICS_LISTEN",
+        default_value = "127.0.0.1:9051"
+    )]
+    pub metrics_listen: String,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
@@ -97,8 +110,10 @@ pub async fn serve_with_listener(
         InternalCredentials::new(config.common.outgoing_internal_token())?,
         config.cascade.clone(),
     ));
+    let metrics_listener = metrics::bind(&config.metrics_listen).await?;
+    let (metrics, refresh_metrics) = service_metrics(store.clone(), hasher.clone());
     let api = api::UserApi::new(
-        store,
+        store.clone(),
         hasher,
         domain::LoginThrottle::default(),
         page_tokens,
@@ -108,20 +123,32 @@ pub async fn serve_with_listener(
     let (stop_dispatcher, dispatcher_stopped) = watch::channel(false);
     let dispatcher = tokio::spawn(cascade.run_dispatcher(dispatcher_stopped));
 
-    let (router, health) =
-        server::base_router(SERVICE_NAME, tokens, config.common.server_tls()?).await?;
+    let (router, health) = server::base_router(
+        SERVICE_NAME,
+        tokens,
+        metrics.clone(),
+        config.common.server_tls()?,
+    )
+    .await?;
     let router = router.add_service(
         UserServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     let served = server::serve(
-        router,
-        health,
-        SERVICE_NAME,
-        listener,
+        Serving {
+            router,
+            health,
+            service_name: SERVICE_NAME,
+            listener,
+            grace: config.common.shutdown_grace(),
+            ready: Arc::new(move || {
+                let store = store.clone();
+                Box::pin(async move { store.ping().await.is_ok() })
+            }),
+            metrics: metrics_listener.map(|listener| (listener, metrics, refresh_metrics)),
+        },
         shutdown,
-        config.common.shutdown_grace(),
     )
     .await;
 
@@ -133,6 +160,71 @@ pub async fn serve_with_listener(
         tracing::warn!("purge dispatcher did not stop in time; its claimed jobs will be retried");
     }
     served
+}
+
+/// The shared series, and heft-users' own: the purge queue as the database
+/// has it (so every replica reports the same), and hashes in flight.
+fn service_metrics(
+    store: Arc<dyn store::UserStore>,
+    hasher: password::PasswordHasher,
+) -> (Arc<Metrics>, metrics::Refresh) {
+    let mut metrics = Metrics::new(SERVICE_NAME);
+    let purge_jobs = Family::<StateLabels, Gauge>::default();
+    let oldest_pending = FloatGauge::default();
+    let hashes_in_flight = Gauge::<i64, AtomicI64>::default();
+    let registry = metrics.registry_mut();
+    registry.register(
+        "heft_purge_jobs",
+        "purge jobs by state (pending or purged)",
+        purge_jobs.clone(),
+    );
+    registry.register(
+        "heft_purge_oldest_pending_age_seconds",
+        "age of the oldest pending purge job; 0 when none is pending",
+        oldest_pending.clone(),
+    );
+    registry.register(
+        "heft_password_hashes_in_flight",
+        "argon2 hashes running or holding a slot",
+        hashes_in_flight.clone(),
+    );
+    let metrics = Arc::new(metrics);
+    let refresh: metrics::Refresh = {
+        let metrics = metrics.clone();
+        Arc::new(move || {
+            let (metrics, store, hasher) = (metrics.clone(), store.clone(), hasher.clone());
+            let (purge_jobs, oldest_pending, hashes_in_flight) = (
+                purge_jobs.clone(),
+                oldest_pending.clone(),
+                hashes_in_flight.clone(),
+            );
+            Box::pin(async move {
+                let (size, idle) = store.pool_connections();
+                metrics.set_pool_connections(size, idle);
+                hashes_in_flight.set(i64::try_from(hasher.in_flight()).unwrap_or(i64::MAX));
+                match store.purge_queue_stats().await {
+                    Ok(stats) => {
+                        purge_jobs
+                            .get_or_create(&StateLabels { state: "pending" })
+                            .set(stats.pending);
+                        purge_jobs
+                            .get_or_create(&StateLabels { state: "purged" })
+                            .set(stats.purged);
+                        oldest_pending.set(
+                            stats
+                                .oldest_pending_age
+                                .map_or(0.0, |age| age.as_secs_f64()),
+                        );
+                    }
+                    Err(error) => tracing::warn!(
+                        error = %heft_service::error::DisplayChain(&error),
+                        "cannot read the purge queue for metrics"
+                    ),
+                }
+            })
+        })
+    };
+    (metrics, refresh)
 }
 
 /// The body of the `heft-users` binary (and of `heft users`).

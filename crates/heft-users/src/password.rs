@@ -65,6 +65,7 @@ pub struct Verification {
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
+    concurrency: usize,
     permits: Arc<Semaphore>,
     /// Verified against when the email is unknown, so that an unknown email
     /// costs the same time as a wrong password.
@@ -88,9 +89,16 @@ impl PasswordHasher {
             .map_err(|e| anyhow::anyhow!("cannot hash with the configured parameters: {e}"))?;
         Ok(Self {
             params,
+            concurrency,
             permits: Arc::new(Semaphore::new(concurrency)),
             dummy_hash: dummy_hash.into(),
         })
+    }
+
+    /// Hashes running or holding a slot now (a metric).
+    pub fn in_flight(&self) -> usize {
+        self.concurrency
+            .saturating_sub(self.permits.available_permits())
     }
 
     async fn run_blocking<T: Send + 'static>(

@@ -21,6 +21,8 @@ async fn start_users(db: &TestDatabase, extra: &[&str]) -> RunningService {
         "http://127.0.0.1:1",
         "--purge-immediate-timeout-ms",
         "500",
+        // Any free port: tests run side by side.
+        "--metrics-listen=127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
     let config = heft_users::Cli::try_parse_from(args).expect("flags").config;
@@ -725,7 +727,12 @@ async fn healthcheck_subcommand_follows_the_service() {
 async fn refuses_to_start_exposed_or_half_configured() {
     let db = TestDatabase::sqlite();
     let start = |listen: &'static str, extra: &'static [&'static str]| {
-        let mut args = vec!["heft-users", "--database-url", &db.url];
+        let mut args = vec![
+            "heft-users",
+            "--database-url",
+            &db.url,
+            "--metrics-listen=127.0.0.1:0",
+        ];
         args.extend_from_slice(extra);
         let config = heft_users::Cli::try_parse_from(args).expect("flags").config;
         async move {

@@ -136,6 +136,12 @@ pub trait EntryStore: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<(UserId, u64)>>;
 
+    /// Whether the database answers now (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Connections of the pool: all of them, and those idle.
+    fn pool_connections(&self) -> (u32, usize);
+
     /// The page-token signing key shared by every replica on this database,
     /// created with `candidate` if there is none yet.
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>>;

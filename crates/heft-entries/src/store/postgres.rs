@@ -387,6 +387,16 @@ impl EntryStore for PostgresEntryStore {
             .collect())
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        heft_service::db::ping(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
+    fn pool_connections(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
         heft_service::db::page_token_key_postgres(&self.pool, candidate)
             .await

@@ -258,6 +258,7 @@ pub struct PurgeJobQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PurgeQueueStats {
     pub pending: i64,
+    pub purged: i64,
     pub oldest_pending_age: Option<std::time::Duration>,
 }
 

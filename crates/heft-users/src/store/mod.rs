@@ -161,6 +161,12 @@ pub trait UserStore: Send + Sync + 'static {
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats>;
 
+    /// Whether the database answers now (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Connections of the pool: all of them, and those idle.
+    fn pool_connections(&self) -> (u32, usize);
+
     /// The page-token signing key shared by every replica on this database,
     /// created with `candidate` if there is none yet.
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>>;

@@ -429,17 +429,30 @@ impl UserStore for PostgresUserStore {
     }
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats> {
-        let (pending, oldest_age_secs): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
-             FROM purge_jobs WHERE state = 'pending'",
+        let (pending, purged, oldest_age_secs): (i64, i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'pending'),
+                    count(*) FILTER (WHERE state = 'done'),
+                    EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8
+             FROM purge_jobs",
         )
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
         Ok(PurgeQueueStats {
             pending,
+            purged,
             oldest_pending_age: oldest_age_secs.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
         })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        heft_service::db::ping(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
+    fn pool_connections(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
     }
 
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {

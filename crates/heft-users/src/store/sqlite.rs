@@ -444,20 +444,34 @@ impl UserStore for SqliteUserStore {
     }
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats> {
-        let (pending, oldest_pending): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*), min(created_at) FROM purge_jobs WHERE state = 'pending'",
+        let (pending, purged, oldest_pending): (i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'pending'),
+                    count(*) FILTER (WHERE state = 'done'),
+                    min(created_at) FILTER (WHERE state = 'pending')
+             FROM purge_jobs",
         )
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
         Ok(PurgeQueueStats {
             pending,
+            purged,
             oldest_pending_age: oldest_pending.map(|created| {
                 (time::now() - from_micros(created))
                     .to_std()
                     .unwrap_or_default()
             }),
         })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        heft_service::db::ping(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
+    fn pool_connections(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
     }
 
     async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
