@@ -29,16 +29,16 @@ WORKDIR /var/lib/heft
 USER 10001:10001
 
 FROM runtime AS users
-ENV HEFT_USERS_LISTEN=0.0.0.0:50051
-EXPOSE 50051
+ENV HEFT_USERS_LISTEN=0.0.0.0:50051 HEFT_USERS_METRICS_LISTEN=0.0.0.0:9051
+EXPOSE 50051 9051
 # Generous start period: migrations run before the service reports SERVING.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["heft-users", "healthcheck"]
 ENTRYPOINT ["heft-users"]
 
 FROM runtime AS entries
-ENV HEFT_ENTRIES_LISTEN=0.0.0.0:50052
-EXPOSE 50052
+ENV HEFT_ENTRIES_LISTEN=0.0.0.0:50052 HEFT_ENTRIES_METRICS_LISTEN=0.0.0.0:9052
+EXPOSE 50052 9052
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["heft-entries", "healthcheck"]
 ENTRYPOINT ["heft-entries"]

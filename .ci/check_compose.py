@@ -7,6 +7,8 @@ import sys
 import yaml
 
 HEFT = ("users", "entries")
+# The gRPC and metrics ports each heft service must publish.
+PORTS = {"users": ("50051", "9051"), "entries": ("50052", "9052")}
 REQUIRED_ENV = ("HEFT_API_TOKENS", "HEFT_INTERNAL_TOKEN")
 
 
@@ -40,6 +42,13 @@ def check(compose):
                     errors.append(f"{name}: depends_on {dep} lacks condition: service_healthy")
             if "postgres" not in depends:
                 errors.append(f"{name}: does not wait for postgres")
+        published = " ".join(str(p) for p in service.get("ports") or [])
+        for port in PORTS[name]:
+            if f":{port}:" not in published and not published.startswith(f"{port}:"):
+                errors.append(f"{name}: port {port} is not published")
+        test = " ".join(str(t) for t in (service.get("healthcheck") or {}).get("test") or [])
+        if "healthcheck" not in test:
+            errors.append(f"{name}: the health check must use the readiness-based `healthcheck` subcommand")
         env = env_of(service)
         for var in REQUIRED_ENV:
             if not str(env.get(var) or "").strip():
