@@ -21,9 +21,9 @@ pub mod purge;
 pub mod store;
 pub mod users_client;
 
-/// Largest request or response: a full batch (10,000 entries with 500-character
-/// notes of up to 4 bytes per character, ~21 MB) and its response fit.
-pub const MAX_MESSAGE_BYTES: usize = 24 * 1024 * 1024;
+/// Largest request or response of the service: BatchCreateEntries's. The
+/// codec holds every other method to 4 MiB (`heft_proto::codec`).
+pub use heft_proto::codec::MAX_BATCH_MESSAGE_BYTES as MAX_MESSAGE_BYTES;
 
 /// The service name health checks and reflection know it by.
 pub const SERVICE_NAME: &str = "heft.entries.v1.EntryService";

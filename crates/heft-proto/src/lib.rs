@@ -1,15 +1,16 @@
 //! Generated protobuf and gRPC code for heft's `heft.*.v1` packages.
 #![forbid(unsafe_code)]
-#![allow(clippy::all, unused_qualifications, missing_docs)]
 
 // Module nesting mirrors the proto packages: generated code refers to other
 // packages by relative paths (`super::super::super::google::r#type`).
+#[allow(clippy::all, unused_qualifications, missing_docs)]
 pub mod google {
     pub mod r#type {
         tonic::include_proto!("google.r#type");
     }
 }
 
+#[allow(clippy::all, unused_qualifications, missing_docs)]
 pub mod heft {
     pub mod common {
         pub mod v1 {
@@ -29,6 +30,8 @@ pub mod heft {
         }
     }
 }
+
+pub mod codec;
 
 pub use heft::{common, entries, users};
 

@@ -124,9 +124,14 @@ impl std::fmt::Display for DisplayChain<'_> {
 pub const MAX_VIOLATIONS: usize = 100;
 
 /// Collects every invalid field of a request, so that one `BadRequest`
-/// names them all instead of the first one found.
+/// names them all instead of the first one found. It keeps the first
+/// [`MAX_VIOLATIONS`] and only counts the rest: a request with a million bad
+/// fields costs a counter, not a million strings.
 #[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations {
+    listed: Vec<FieldViolation>,
+    unlisted: usize,
+}
 
 impl Violations {
     pub fn new() -> Self {
@@ -142,7 +147,7 @@ impl Violations {
         match result {
             Ok(value) => Some(value),
             Err(error) => {
-                self.0.push(FieldViolation::new(field, error.to_string()));
+                self.push(|| FieldViolation::new(field, error.to_string()));
                 None
             }
         }
@@ -154,32 +159,41 @@ impl Violations {
         match result {
             Ok(value) => Some(value),
             Err(invalid) => {
-                self.0.extend(invalid.0);
+                for violation in invalid.0 {
+                    self.push(|| violation);
+                }
                 None
             }
         }
     }
 
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
+        self.push(|| FieldViolation::new(field, description));
+    }
+
+    /// Builds the violation only while there is room to list it.
+    fn push(&mut self, violation: impl FnOnce() -> FieldViolation) {
+        if self.listed.len() < MAX_VIOLATIONS {
+            self.listed.push(violation());
+        } else {
+            self.unlisted += 1;
+        }
     }
 
     /// `Ok(())` when nothing was recorded. Errors travel in response
     /// headers, so a request with thousands of bad fields (a large batch)
     /// reports the first [`MAX_VIOLATIONS`] and counts the rest.
     pub fn into_result(mut self) -> Result<(), InvalidRequest> {
-        if self.0.is_empty() {
+        if self.listed.is_empty() {
             return Ok(());
         }
-        if self.0.len() > MAX_VIOLATIONS {
-            let more = self.0.len() - MAX_VIOLATIONS;
-            self.0.truncate(MAX_VIOLATIONS);
-            self.0.push(FieldViolation::new(
+        if self.unlisted > 0 {
+            self.listed.push(FieldViolation::new(
                 "",
-                format!("and {more} more invalid fields, not listed"),
+                format!("and {} more invalid fields, not listed", self.unlisted),
             ));
         }
-        Err(InvalidRequest(self.0))
+        Err(InvalidRequest(self.listed))
     }
 }
 

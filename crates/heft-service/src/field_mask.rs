@@ -1,5 +1,6 @@
 //! Update masks (Google AIP-134).
 
+use heft_proto::codec::{MAX_MASK_PATH_BYTES, MAX_MASK_PATHS};
 use prost_types::FieldMask;
 
 use crate::error::{InvalidRequest, Violations};
@@ -33,6 +34,20 @@ pub fn resolve(
     let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
     if paths.is_empty() {
         return Ok(UpdateFields::Populated);
+    }
+    // The codec refuses longer masks on the wire; this guards calls that
+    // did not come through it, and keeps every echoed path short.
+    if paths.len() > MAX_MASK_PATHS {
+        return Err(InvalidRequest::single(
+            "update_mask",
+            format!("at most {MAX_MASK_PATHS} paths"),
+        ));
+    }
+    if paths.iter().any(|path| path.len() > MAX_MASK_PATH_BYTES) {
+        return Err(InvalidRequest::single(
+            "update_mask",
+            format!("paths are at most {MAX_MASK_PATH_BYTES} bytes"),
+        ));
     }
     if paths.len() == 1 && paths[0] == "*" {
         return Ok(UpdateFields::Named(mutable.to_vec()));

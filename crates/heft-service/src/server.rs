@@ -28,8 +28,9 @@ pub type HeftRouter = Router<Stack<RpcLayer, Identity>>;
 
 /// Limits every call, whatever deadline the caller asked for.
 const MAX_REQUEST_DURATION: Duration = Duration::from_secs(30);
-/// Bounds the memory a single request or response can claim.
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Bounds the memory a single request or response can claim (the codec
+/// bounds each method further: see `heft_proto::codec`).
+pub use heft_proto::codec::DEFAULT_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES;
 
 /// A router with health, reflection (v1 and v1alpha) and the RPC layer; the
 /// caller adds its own service. Health says NOT_SERVING until [`serve`].
@@ -151,10 +152,14 @@ pub async fn serve(serving: Serving, shutdown: impl Future<Output = ()>) -> anyh
         let _ = stopped.wait_for(|stop| *stop).await;
     };
 
+    // The first answer is known before the first call is accepted.
+    let ready_now = check_readiness(&ready).await;
+    report_readiness(&health, service_name, None, ready_now).await;
     let readiness = tokio::spawn(follow_readiness(
         health.clone(),
         service_name,
         ready,
+        ready_now,
         stopped.clone(),
     ));
     let metrics_server = match metrics {
@@ -207,37 +212,55 @@ async fn set_health(health: &HealthReporter, service_name: &str, status: Serving
     }
 }
 
+async fn check_readiness(ready: &ReadinessProbe) -> bool {
+    tokio::time::timeout(READINESS_TIMEOUT, ready())
+        .await
+        .unwrap_or(false)
+}
+
+/// Sets health for a readiness answer, logging changes after the first.
+async fn report_readiness(
+    health: &HealthReporter,
+    service_name: &str,
+    was_ready: Option<bool>,
+    ready: bool,
+) {
+    match (was_ready, ready) {
+        (Some(false), true) => {
+            tracing::info!(service = service_name, "database reachable again: serving")
+        }
+        (_, false) => tracing::error!(service = service_name, "database unreachable: not serving"),
+        _ => {}
+    }
+    let status = if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    set_health(health, service_name, status).await;
+}
+
 /// Reports SERVING while `ready` says so, NOT_SERVING otherwise, until
 /// shutdown (which reports NOT_SERVING for good).
 async fn follow_readiness(
     health: HealthReporter,
     service_name: &'static str,
     ready: ReadinessProbe,
+    mut was_ready: bool,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut serving = None;
     loop {
-        let now_ready = tokio::time::timeout(READINESS_TIMEOUT, ready())
-            .await
-            .unwrap_or(false);
-        if *stopped.borrow() {
-            return;
-        }
-        if serving != Some(now_ready) {
-            if now_ready {
-                if serving.is_some() {
-                    tracing::info!(service = service_name, "database reachable again: serving");
-                }
-                set_health(&health, service_name, ServingStatus::Serving).await;
-            } else {
-                tracing::error!(service = service_name, "database unreachable: not serving");
-                set_health(&health, service_name, ServingStatus::NotServing).await;
-            }
-            serving = Some(now_ready);
-        }
         tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => return,
             () = tokio::time::sleep(READINESS_INTERVAL) => {}
+        }
+        let ready_now = check_readiness(&ready).await;
+        if *stopped.borrow() {
+            return;
+        }
+        if ready_now != was_ready {
+            report_readiness(&health, service_name, Some(was_ready), ready_now).await;
+            was_ready = ready_now;
         }
     }
 }

@@ -75,7 +75,7 @@ pub struct BatchDeleted {
 }
 
 /// Most entries one BatchCreateEntries may carry.
-pub const MAX_BATCH: usize = 10_000;
+pub use heft_proto::codec::MAX_BATCH_ENTRIES as MAX_BATCH;
 
 #[async_trait]
 pub trait EntryStore: Send + Sync + 'static {

@@ -1,0 +1,204 @@
+//! Small hostile requests, sent as raw protobuf bytes to both services as
+//! processes: each is refused before it is materialised, and the service's
+//! peak resident memory (`VmHWM`) grows by no more than a small multiple of
+//! the message.
+
+mod common;
+
+use std::future::Future;
+
+use bytes::{Buf, BufMut};
+use common::{API_TOKEN, Process, Stack};
+use heft_test_support::TestDatabase;
+use http::uri::PathAndQuery;
+use tonic::{
+    Code, Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    transport::Channel,
+};
+use tonic_types::StatusExt;
+
+/// Sends and receives messages as the bytes they are on the wire.
+#[derive(Debug, Default, Clone, Copy)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let mut bytes = vec![0; src.remaining()];
+        src.copy_to_slice(&mut bytes);
+        Ok(Some(bytes))
+    }
+}
+
+/// Calls `path` on `process` with `message` as its raw body.
+async fn call_raw(process: &Process, path: &'static str, message: Vec<u8>) -> Status {
+    let channel = Channel::from_shared(format!("http://{}", process.spec.listen))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {API_TOKEN}").parse().expect("ascii"),
+    );
+    match grpc
+        .unary::<Vec<u8>, Vec<u8>, _>(request, PathAndQuery::from_static(path), RawCodec)
+        .await
+    {
+        Ok(_) => panic!("{path}: a hostile request was accepted"),
+        Err(status) => status,
+    }
+}
+
+fn varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+/// A length-delimited field.
+fn field(buf: &mut Vec<u8>, number: u32, payload: &[u8]) {
+    varint(buf, u64::from(number << 3 | 2));
+    varint(buf, payload.len() as u64);
+    buf.extend_from_slice(payload);
+}
+
+/// `count` empty occurrences of length-delimited field `number`.
+fn empty_fields(number: u32, count: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(count * 2);
+    for _ in 0..count {
+        field(&mut buf, number, &[]);
+    }
+    buf
+}
+
+/// Peak resident memory before and after `send`, in KiB.
+async fn peak_growth<F: Future<Output = Status>>(process: &Process, send: F) -> (Status, u64) {
+    let before = process.memory_kib("VmHWM");
+    let status = send.await;
+    let after = process.memory_kib("VmHWM");
+    (status, after.saturating_sub(before))
+}
+
+fn assert_bounded(what: &str, growth_kib: u64, message_bytes: usize) {
+    let message_kib = (message_bytes / 1024) as u64;
+    eprintln!("{what}: message {message_kib} KiB, peak RSS grew by {growth_kib} KiB");
+    assert!(
+        growth_kib <= 3 * message_kib + 8 * 1024,
+        "{what}: peak RSS grew by {growth_kib} KiB for a {message_kib} KiB message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_messages_are_refused_with_bounded_memory() {
+    let stack = Stack::new(TestDatabase::sqlite()).await;
+    let (users, entries) = stack.start().await;
+    let mut clients = stack.clients();
+    let user = clients.create_user().await;
+
+    // UpdateUser whose update mask holds 1.9 million empty paths (3.8 MB).
+    let mut user_message = Vec::new();
+    field(&mut user_message, 1, user.as_bytes());
+    let mut update = Vec::new();
+    field(&mut update, 1, &user_message);
+    field(&mut update, 2, &empty_fields(1, 1_900_000));
+    let size = update.len();
+    let (status, growth) = peak_growth(
+        &users,
+        call_raw(&users, "/heft.users.v1.UserService/UpdateUser", update),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().len() < 1_000, "not echoed back");
+    assert_bounded("UpdateUser mask of 1.9M paths", growth, size);
+
+    // BatchCreateEntries holding 8 million empty entries (16 MB).
+    let mut batch = Vec::new();
+    field(&mut batch, 1, user.as_bytes());
+    batch.extend(empty_fields(2, 8_000_000));
+    let size = batch.len();
+    let (status, growth) = peak_growth(
+        &entries,
+        call_raw(
+            &entries,
+            "/heft.entries.v1.EntryService/BatchCreateEntries",
+            batch,
+        ),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_bounded("BatchCreateEntries of 8M entries", growth, size);
+
+    // 10,000 entries that are all invalid: 20,000 violations, of which the
+    // first 100 are listed and the rest counted.
+    let mut invalid = Vec::new();
+    field(&mut invalid, 1, user.as_bytes());
+    invalid.extend(empty_fields(2, 10_000));
+    let status = call_raw(
+        &entries,
+        "/heft.entries.v1.EntryService/BatchCreateEntries",
+        invalid,
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let listed = status
+        .get_details_bad_request()
+        .expect("bad request")
+        .field_violations;
+    assert_eq!(listed.len(), 101, "100 listed and a count of the rest");
+    assert!(
+        listed[100].description.contains("19900 more"),
+        "{:?}",
+        listed[100]
+    );
+
+    // Every other method stays at 4 MiB on the entries service.
+    let mut oversized = Vec::new();
+    field(&mut oversized, 1, user.as_bytes());
+    field(&mut oversized, 4, &vec![b'x'; 5 * 1024 * 1024]);
+    let status = call_raw(
+        &entries,
+        "/heft.entries.v1.EntryService/CreateEntry",
+        oversized,
+    )
+    .await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // The services are still there and nothing stored was lost.
+    assert!(clients.get_user(&user).await.is_ok());
+    assert_eq!(clients.count_entries(&user).await, 0);
+    drop((users, entries));
+}
