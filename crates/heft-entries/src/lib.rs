@@ -111,6 +111,7 @@ pub async fn serve_with_listener(
     let (router, health) = server::base_router(
         SERVICE_NAME,
         tokens,
+        &config.common.limits,
         metrics.clone(),
         config.common.server_tls()?,
     )

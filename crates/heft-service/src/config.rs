@@ -9,6 +9,9 @@ use crate::{
     telemetry::LogFormat,
 };
 
+/// A client that has not finished its TLS handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// API bearer tokens, comma-separated. Unset: the service runs open (development only).
@@ -54,9 +57,30 @@ pub struct CommonArgs {
     #[arg(long, env = "HEFT_ALLOW_OPEN", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_open: bool,
 
+    #[command(flatten)]
+    pub limits: ServerLimits,
+
     /// How long shutdown waits for in-flight calls, in seconds.
     #[arg(long, env = "HEFT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+}
+
+/// How much one listener takes on; the defaults suit a 2-core machine with a
+/// 16-connection database pool: a few hundred calls in flight keep both cores
+/// and the pool busy, anything beyond only queues.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerLimits {
+    /// Calls in flight across all connections; beyond it calls are refused at
+    /// once (RESOURCE_EXHAUSTED) instead of queueing.
+    #[arg(long, env = "HEFT_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// HTTP/2 streams (concurrent calls) per connection.
+    #[arg(long, env = "HEFT_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval, in seconds; a peer that does not answer
+    /// within 10 s is disconnected.
+    #[arg(long, env = "HEFT_HTTP2_KEEPALIVE_SECS", default_value_t = 30)]
+    pub http2_keepalive_secs: u64,
 }
 
 impl CommonArgs {
@@ -100,7 +124,11 @@ impl CommonArgs {
             return Ok(None);
         };
         let identity = Identity::from_pem(read(cert)?, read(key)?);
-        Ok(Some(ServerTlsConfig::new().identity(identity)))
+        Ok(Some(
+            ServerTlsConfig::new()
+                .identity(identity)
+                .timeout(TLS_HANDSHAKE_TIMEOUT),
+        ))
     }
 
     pub fn client_tls(&self) -> anyhow::Result<Option<ClientTlsConfig>> {

@@ -22,8 +22,9 @@ use crate::{
 /// Metadata key carrying the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Calls under this prefix answer without a token (container health checks).
-const UNAUTHENTICATED_PREFIX: &str = "/grpc.health.v1.Health/";
+/// The one call that answers without a token (container health checks).
+/// `Watch` streams for as long as the client likes, so it needs a token.
+const UNAUTHENTICATED_METHOD: &str = "/grpc.health.v1.Health/Check";
 
 /// The id this call is traced under; in the request extensions, and passed on
 /// to calls this one makes to the other service.
@@ -114,7 +115,7 @@ where
         let span = tracing::info_span!("rpc", %method, request_id = %request_id.0);
         let response_id = HeaderValue::from_str(&request_id.0).ok();
 
-        let authenticated = if method.starts_with(UNAUTHENTICATED_PREFIX) {
+        let authenticated = if method == UNAUTHENTICATED_METHOD {
             Ok(Caller::Open)
         } else {
             self.tokens.authenticate(

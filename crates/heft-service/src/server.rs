@@ -16,15 +16,38 @@ use tonic::{
     },
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower::layer::util::{Identity, Stack};
+use tower::{
+    layer::util::{Identity, Stack},
+    limit::GlobalConcurrencyLimitLayer,
+    load_shed::LoadShedLayer,
+};
 
 use crate::{
     auth::{Secret, Tokens},
+    config::ServerLimits,
     metrics::{self, Metrics},
     rpc_layer::{REQUEST_ID_HEADER, RequestId, RpcLayer},
 };
 
-pub type HeftRouter = Router<Stack<RpcLayer, Identity>>;
+/// Load shedding outside, the RPC layer (auth, request id, metrics) inside.
+pub type HeftRouter = Router<Stack<RpcLayer, Stack<ShedLoad, Identity>>>;
+
+/// Refuses a call at once (RESOURCE_EXHAUSTED) when `max_in_flight` calls
+/// are already running on this listener, rather than queueing it.
+pub type ShedLoad = Stack<GlobalConcurrencyLimitLayer, LoadShedLayer>;
+
+fn shed_load_beyond(max_in_flight: usize) -> ShedLoad {
+    Stack::new(
+        GlobalConcurrencyLimitLayer::new(max_in_flight.max(1)),
+        LoadShedLayer::new(),
+    )
+}
+
+const MAX_PENDING_RESET_STREAMS: usize = 20;
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Limits every call, whatever deadline the caller asked for.
 const MAX_REQUEST_DURATION: Duration = Duration::from_secs(30);
@@ -37,6 +60,7 @@ pub use heft_proto::codec::DEFAULT_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES;
 pub async fn base_router(
     service_name: &str,
     tokens: Tokens,
+    limits: &ServerLimits,
     metrics: Arc<Metrics>,
     tls: Option<ServerTlsConfig>,
 ) -> anyhow::Result<(HeftRouter, HealthReporter)> {
@@ -75,6 +99,18 @@ pub async fn base_router(
     }
     let router = server
         .timeout(MAX_REQUEST_DURATION)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // hyper's guard against reset floods (CVE-2023-44487), which tonic
+        // turns off unless told.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_keepalive_interval(Some(Duration::from_secs(
+            limits.http2_keepalive_secs.max(1),
+        )))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        .layer(shed_load_beyond(limits.max_in_flight))
         .layer(RpcLayer::new(tokens, metrics))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -4,7 +4,10 @@
 //! CPU: run on the async workers it would stall every other call, and run
 //! without a bound a burst of logins could exhaust memory.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
@@ -30,6 +33,11 @@ pub struct HashingArgs {
     /// Hashes computed at once; 0 means one per CPU core.
     #[arg(long, env = "HEFT_HASHING_CONCURRENCY", default_value_t = 0)]
     pub hashing_concurrency: usize,
+    /// Calls that may wait for a hashing slot; more are refused at once
+    /// (RESOURCE_EXHAUSTED), so a spray of logins gets a fast answer, not a
+    /// long wait. 0 means four per slot.
+    #[arg(long, env = "HEFT_HASHING_QUEUE", default_value_t = 0)]
+    pub hashing_queue: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +50,37 @@ pub enum HashError {
     Task(#[from] tokio::task::JoinError),
     #[error("password hasher is shut down")]
     Closed,
+    #[error("too many password checks waiting; try again shortly")]
+    Busy,
 }
 
 impl ServiceError for HashError {
     fn error_code(&self) -> ErrorCode {
-        ErrorCode::Internal
+        match self {
+            HashError::Busy => ErrorCode::ResourceExhausted,
+            _ => ErrorCode::Internal,
+        }
     }
 
     fn reason(&self) -> &'static str {
-        "PASSWORD_HASHING_FAILED"
+        match self {
+            HashError::Busy => "HASHING_BUSY",
+            _ => "PASSWORD_HASHING_FAILED",
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        matches!(self, HashError::Busy).then(|| std::time::Duration::from_secs(1))
+    }
+}
+
+/// A call admitted to hashing, waiting or running; released when dropped
+/// (the hash done, or the caller gone while it waited).
+struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -67,6 +97,9 @@ pub struct PasswordHasher {
     params: Params,
     concurrency: usize,
     permits: Arc<Semaphore>,
+    /// Calls waiting for or holding a slot, and how many may.
+    admitted: Arc<AtomicUsize>,
+    max_admitted: usize,
     /// Verified against when the email is unknown, so that an unknown email
     /// costs the same time as a wrong password.
     dummy_hash: Arc<str>,
@@ -91,6 +124,12 @@ impl PasswordHasher {
             params,
             concurrency,
             permits: Arc::new(Semaphore::new(concurrency)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            max_admitted: concurrency
+                + match args.hashing_queue {
+                    0 => 4 * concurrency,
+                    n => n,
+                },
             dummy_hash: dummy_hash.into(),
         })
     }
@@ -105,6 +144,11 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max_admitted {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(HashError::Busy);
+        }
+        let admission = Admission(self.admitted.clone());
         // The permit moves into the blocking task: a caller that gives up
         // (deadline, reset stream) does not free its slot while the hash runs.
         let permit = self
@@ -114,7 +158,7 @@ impl PasswordHasher {
             .await
             .map_err(|_| HashError::Closed)?;
         Ok(tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _slot = (permit, admission);
             work()
         })
         .await?)
@@ -190,6 +234,7 @@ mod tests {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             hashing_concurrency: 2,
+            hashing_queue: 0,
         }
     }
 

@@ -628,6 +628,89 @@ async fn tokens_guard_every_call_but_health() {
         serving.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    // Watch streams for as long as the client likes: it needs a token.
+    let watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect_err("watch needs a token");
+    assert_eq!(watch.code(), Code::Unauthenticated);
+}
+
+/// Logins beyond the hashing slots and their queue are refused at once with
+/// RESOURCE_EXHAUSTED (and a retry delay), not queued for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spray_of_logins_is_refused_fast_not_queued() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &["--hashing-concurrency", "1", "--hashing-queue", "1"]).await;
+    let client = client(&service).await;
+    let logins = (0..12).map(|i| {
+        let mut client = client.clone();
+        async move {
+            client
+                .authenticate(login(&format!("nobody{i}@example.com"), PASSWORD))
+                .await
+                .expect_err("unknown email")
+        }
+    });
+    let refusals = futures::future::join_all(logins).await;
+    let busy: Vec<_> = refusals
+        .iter()
+        .filter(|status| status.code() == Code::ResourceExhausted)
+        .collect();
+    assert!(!busy.is_empty(), "{refusals:?}");
+    assert!(busy.iter().all(|status| reason(status) == "HASHING_BUSY"));
+    assert!(
+        busy.iter()
+            .all(|status| status.get_details_retry_info().is_some())
+    );
+    // One hashing and one waiting were admitted: they answer as usual.
+    assert!(
+        refusals
+            .iter()
+            .filter(|status| status.code() == Code::Unauthenticated)
+            .count()
+            >= 2,
+        "{refusals:?}"
+    );
+}
+
+/// Beyond the configured calls in flight a service sheds load: the extra
+/// calls are refused at once instead of queueing without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_beyond_the_in_flight_limit_are_shed() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &["--max-in-flight", "2"]).await;
+    let client = client(&service).await;
+    let logins = (0..10).map(|i| {
+        let mut client = client.clone();
+        async move {
+            client
+                .authenticate(login(&format!("nobody{i}@example.com"), PASSWORD))
+                .await
+                .expect_err("unknown email")
+        }
+    });
+    let refusals = futures::future::join_all(logins).await;
+    let shed = refusals
+        .iter()
+        .filter(|status| status.code() == Code::ResourceExhausted)
+        .count();
+    assert!(shed >= 1, "{refusals:?}");
+    assert!(
+        refusals.iter().all(|status| matches!(
+            status.code(),
+            Code::ResourceExhausted | Code::Unauthenticated
+        )),
+        "{refusals:?}"
+    );
+    // Once the burst is over, calls are served again.
+    client
+        .clone()
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .expect("served after the burst");
 }
 
 #[tokio::test]

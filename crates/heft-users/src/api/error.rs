@@ -59,6 +59,7 @@ impl ServiceError for ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::LoginLocked { retry_after } => Some(*retry_after),
+            ApiError::Hashing(e) => e.retry_after(),
             _ => None,
         }
     }
