@@ -94,7 +94,7 @@ pub async fn serve_with_listener(
         .common
         .check_exposure(&tokens, listener.local_addr()?)?;
     let store = store::open(&config.database_url).await?;
-    let page_tokens = PageTokens::new(store.page_token_key(&generate_key()).await?);
+    let page_tokens = PageTokens::new(store.signing_key("page_token", &generate_key()).await?);
     let users = users_client(&config)?;
     let api = api::EntryApi::new(store.clone(), users, page_tokens, config.purge.clone());
 

@@ -95,35 +95,42 @@ pub async fn ping<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Result<(), sqlx:
 }
 
 // The same statements serve both backends ($1 is positional in SQLite too).
-const INSERT_PAGE_TOKEN_KEY: &str =
-    "INSERT INTO signing_keys (name, key) VALUES ('page_token', $1) ON CONFLICT (name) DO NOTHING";
-const SELECT_PAGE_TOKEN_KEY: &str = "SELECT key FROM signing_keys WHERE name = 'page_token'";
+const INSERT_SIGNING_KEY: &str =
+    "INSERT INTO signing_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+const SELECT_SIGNING_KEY: &str = "SELECT key FROM signing_keys WHERE name = $1";
 
-/// The page-token key of a PostgreSQL database, created from `candidate`
-/// by the first replica that asks.
-pub async fn page_token_key_postgres(
+/// The key `name` of a PostgreSQL database (page tokens, the login
+/// throttle), created from `candidate` by the first replica that asks, so
+/// that every replica on the database uses the same one.
+pub async fn signing_key_postgres(
     pool: &PgPool,
+    name: &str,
     candidate: &[u8],
 ) -> Result<Vec<u8>, sqlx::Error> {
-    sqlx::query(INSERT_PAGE_TOKEN_KEY)
+    sqlx::query(INSERT_SIGNING_KEY)
+        .bind(name)
         .bind(candidate)
         .execute(pool)
         .await?;
-    sqlx::query_scalar(SELECT_PAGE_TOKEN_KEY)
+    sqlx::query_scalar(SELECT_SIGNING_KEY)
+        .bind(name)
         .fetch_one(pool)
         .await
 }
 
-/// [`page_token_key_postgres`] for SQLite.
-pub async fn page_token_key_sqlite(
+/// [`signing_key_postgres`] for SQLite.
+pub async fn signing_key_sqlite(
     pool: &SqlitePool,
+    name: &str,
     candidate: &[u8],
 ) -> Result<Vec<u8>, sqlx::Error> {
-    sqlx::query(INSERT_PAGE_TOKEN_KEY)
+    sqlx::query(INSERT_SIGNING_KEY)
+        .bind(name)
         .bind(candidate)
         .execute(pool)
         .await?;
-    sqlx::query_scalar(SELECT_PAGE_TOKEN_KEY)
+    sqlx::query_scalar(SELECT_SIGNING_KEY)
+        .bind(name)
         .fetch_one(pool)
         .await
 }

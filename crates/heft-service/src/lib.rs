@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod field_mask;
+pub mod keyed;
 pub mod metrics;
 pub mod pagination;
 pub mod peer;

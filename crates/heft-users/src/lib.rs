@@ -11,6 +11,7 @@ use std::{
 use heft_proto::users::v1::user_service_server::UserServiceServer;
 use heft_service::{
     config::CommonArgs,
+    keyed::KeyedHash,
     metrics::{self, FloatGauge, Metrics, StateLabels},
     pagination::{PageTokens, generate_key},
     server::{self, InternalCredentials, MAX_MESSAGE_BYTES, Serving},
@@ -97,7 +98,8 @@ pub async fn serve_with_listener(
         .common
         .check_exposure(&tokens, listener.local_addr()?)?;
     let store = store::open(&config.database_url).await?;
-    let page_tokens = PageTokens::new(store.page_token_key(&generate_key()).await?);
+    let page_tokens = PageTokens::new(store.signing_key("page_token", &generate_key()).await?);
+    let throttle_keys = KeyedHash::new(store.signing_key("login_throttle", &generate_key()).await?);
     let hasher = password::PasswordHasher::new(&config.hashing)?;
     let entries = server::channel(
         &config.entries_url,
@@ -116,6 +118,7 @@ pub async fn serve_with_listener(
         store.clone(),
         hasher,
         domain::LoginThrottle::default(),
+        throttle_keys,
         page_tokens,
         cascade.clone(),
     );

@@ -495,6 +495,41 @@ async fn fifty_concurrent_wrong_passwords_evaluate_at_most_ten() {
     assert_eq!(reason(&right), "TOO_MANY_FAILED_LOGINS");
 }
 
+/// The throttle tells nothing: an unknown email is counted like a
+/// registered one, and the 11th wrong password gets the same answer.
+#[tokio::test]
+async fn the_throttle_answers_known_and_unknown_emails_alike() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+    create(&mut client, "known@example.com").await;
+
+    for email in ["known@example.com", "unknown@example.com"] {
+        for attempt in 0..10 {
+            let refused = client
+                .authenticate(login(email, "wrong password"))
+                .await
+                .expect_err("wrong");
+            assert_eq!(refused.code(), Code::Unauthenticated, "{email} #{attempt}");
+            assert_eq!(reason(&refused), "BAD_CREDENTIALS");
+        }
+    }
+    let known = client
+        .authenticate(login("known@example.com", "wrong password"))
+        .await
+        .expect_err("locked");
+    let unknown = client
+        .authenticate(login("UNKNOWN@example.com", "wrong password"))
+        .await
+        .expect_err("locked");
+    assert_eq!(
+        (known.code(), reason(&known), known.message()),
+        (unknown.code(), reason(&unknown), unknown.message())
+    );
+    assert_eq!(known.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&known), "TOO_MANY_FAILED_LOGINS");
+}
+
 #[tokio::test]
 async fn weaker_hashes_are_upgraded_on_login() {
     let db = TestDatabase::sqlite();

@@ -7,7 +7,7 @@ use heft_test_support::{TestDatabase, backend_tests};
 use heft_users::{
     domain::{
         Email, LoginAttempt, LoginThrottle, NewUser, PurgeCursor, PurgeJob, PurgeJobQuery,
-        PurgeState, User, UserId, UserName, UserPatch, WeightUnit,
+        PurgeState, ThrottleKey, User, UserId, UserName, UserPatch, WeightUnit,
     },
     store::{self, StoreError, UserStore},
 };
@@ -50,7 +50,7 @@ backend_tests!(
     delete_records_a_purge_job_in_the_same_transaction,
     purge_jobs_are_claimed_once_and_settled,
     purge_records_list_oldest_first_by_state,
-    page_token_key_is_shared_by_every_opener,
+    signing_keys_are_shared_by_every_opener,
     password_hashes_are_replaced_only_if_unchanged,
 );
 
@@ -172,9 +172,9 @@ async fn updates_apply_only_the_patch(db: TestDatabase) {
 
 async fn login_attempts_are_limited_atomically(db: TestDatabase) {
     let store = open(&db).await;
-    let user = new_user("guess@example.com");
-    store.create_user(&user).await.expect("create");
-    let id = user.user.id;
+    // Keyed by email, whether or not an account has it: nobody is created.
+    let key = ThrottleKey([7; 32]);
+    let other = ThrottleKey([8; 32]);
     let throttle = LoginThrottle::default();
     let now = time::now();
 
@@ -182,7 +182,7 @@ async fn login_attempts_are_limited_atomically(db: TestDatabase) {
         let store = store.clone();
         async move {
             store
-                .begin_login_attempt(id, throttle, now)
+                .begin_login_attempt(&key, throttle, now)
                 .await
                 .expect("attempt")
         }
@@ -200,16 +200,24 @@ async fn login_attempts_are_limited_atomically(db: TestDatabase) {
     let after_window = now + throttle.window + chrono::Duration::seconds(1);
     assert_eq!(
         store
-            .begin_login_attempt(id, throttle, after_window)
+            .begin_login_attempt(&key, throttle, after_window)
             .await
             .expect("attempt"),
         LoginAttempt::Allowed
     );
-    store.clear_login_failures(id).await.expect("clear");
+    // Another email's count is its own.
+    assert_eq!(
+        store
+            .begin_login_attempt(&other, throttle, now)
+            .await
+            .expect("attempt"),
+        LoginAttempt::Allowed
+    );
+    store.clear_login_failures(&key).await.expect("clear");
     for _ in 0..10 {
         assert_eq!(
             store
-                .begin_login_attempt(id, throttle, after_window)
+                .begin_login_attempt(&key, throttle, after_window)
                 .await
                 .expect("attempt"),
             LoginAttempt::Allowed
@@ -421,10 +429,27 @@ async fn purge_records_list_oldest_first_by_state(db: TestDatabase) {
     assert!(pending.iter().all(|r| r.state == PurgeState::Pending));
 }
 
-async fn page_token_key_is_shared_by_every_opener(db: TestDatabase) {
+async fn signing_keys_are_shared_by_every_opener(db: TestDatabase) {
     let first = open(&db).await;
     let second = open(&db).await;
-    let key = first.page_token_key(&[1; 32]).await.expect("key");
+    let key = first
+        .signing_key("page_token", &[1; 32])
+        .await
+        .expect("key");
     assert_eq!(key, vec![1; 32]);
-    assert_eq!(second.page_token_key(&[2; 32]).await.expect("key"), key);
+    assert_eq!(
+        second
+            .signing_key("page_token", &[2; 32])
+            .await
+            .expect("key"),
+        key
+    );
+    // Keys of other names are their own.
+    assert_eq!(
+        second
+            .signing_key("login_throttle", &[3; 32])
+            .await
+            .expect("key"),
+        vec![3; 32]
+    );
 }

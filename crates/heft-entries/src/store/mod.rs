@@ -142,9 +142,9 @@ pub trait EntryStore: Send + Sync + 'static {
     /// Connections of the pool: all of them, and those idle.
     fn pool_connections(&self) -> (u32, usize);
 
-    /// The page-token signing key shared by every replica on this database,
-    /// created with `candidate` if there is none yet.
-    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>>;
+    /// The key `name` shared by every replica on this database (page
+    /// tokens, the login throttle), created with `candidate` if there is none.
+    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>>;
 }
 
 /// Opens (and migrates) the store a `HEFT_ENTRIES_DATABASE_URL` names.

@@ -397,8 +397,8 @@ impl EntryStore for PostgresEntryStore {
         (self.pool.size(), self.pool.num_idle())
     }
 
-    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        heft_service::db::page_token_key_postgres(&self.pool, candidate)
+    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        heft_service::db::signing_key_postgres(&self.pool, name, candidate)
             .await
             .map_err(StoreError::from_sqlx)
     }

@@ -374,8 +374,8 @@ impl EntryStore for SqliteEntryStore {
         (self.pool.size(), self.pool.num_idle())
     }
 
-    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        heft_service::db::page_token_key_sqlite(&self.pool, candidate)
+    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        heft_service::db::signing_key_sqlite(&self.pool, name, candidate)
             .await
             .map_err(StoreError::from_sqlx)
     }

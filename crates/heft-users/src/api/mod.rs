@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use heft_proto::users::v1::{self as pb, user_service_server::UserService};
 use heft_service::{
+    keyed::KeyedHash,
     pagination::{self, PageTokens},
     request_id, time,
 };
@@ -14,10 +15,11 @@ use tracing::{info, warn};
 use crate::{
     cascade::{Cascade, PurgeOutcome},
     domain::{
-        Credentials, LoginAttempt, LoginThrottle, NewUser, PurgeCursor, PurgeJobQuery, User, UserId,
+        Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeCursor, PurgeJobQuery,
+        ThrottleKey, User, UserId,
     },
     password::PasswordHasher,
-    store::{StoreError, UserStore},
+    store::UserStore,
 };
 
 mod convert;
@@ -36,6 +38,7 @@ pub struct UserApi {
     store: Arc<dyn UserStore>,
     hasher: PasswordHasher,
     throttle: LoginThrottle,
+    throttle_keys: KeyedHash,
     page_tokens: PageTokens,
     cascade: Arc<Cascade>,
 }
@@ -45,6 +48,7 @@ impl UserApi {
         store: Arc<dyn UserStore>,
         hasher: PasswordHasher,
         throttle: LoginThrottle,
+        throttle_keys: KeyedHash,
         page_tokens: PageTokens,
         cascade: Arc<Cascade>,
     ) -> Self {
@@ -52,32 +56,41 @@ impl UserApi {
             store,
             hasher,
             throttle,
+            throttle_keys,
             page_tokens,
             cascade,
         }
     }
 
-    /// Takes a throttled attempt at the account's password: locked accounts
-    /// are refused before any hashing, and a success clears the failures.
-    async fn check_password(
-        &self,
-        credentials: &Credentials,
-        password: &crate::domain::Password,
-        wrong: ApiError,
-    ) -> ApiResult<()> {
-        let id = credentials.user.id;
+    /// Counts a login attempt for `email` before any hashing, for known and
+    /// unknown emails alike: the throttle's answer and its cost do not tell
+    /// which emails have accounts. The attempt counts as a failure until a
+    /// success clears it.
+    async fn begin_attempt(&self, email: &Email) -> ApiResult<ThrottleKey> {
+        let key = ThrottleKey(self.throttle_keys.digest(email.as_str().as_bytes()));
         let now = time::now();
-        let attempt = match self.store.begin_login_attempt(id, self.throttle, now).await {
-            // Deleted since its credentials were read: as if it never existed.
-            Err(StoreError::NotFound) => return Err(wrong),
-            attempt => attempt?,
-        };
+        let attempt = self
+            .store
+            .begin_login_attempt(&key, self.throttle, now)
+            .await?;
         if let LoginAttempt::Locked { until } = attempt {
-            warn!(user_id = %id, "login refused: too many failures");
+            warn!("login refused: too many failures for this email");
             return Err(ApiError::LoginLocked {
                 retry_after: (until - now).to_std().unwrap_or_default(),
             });
         }
+        Ok(key)
+    }
+
+    /// Checks a password against the account's hash, after
+    /// [`UserApi::begin_attempt`]; a success clears the failures.
+    async fn verify_password(
+        &self,
+        credentials: &Credentials,
+        password: &crate::domain::Password,
+        attempt: ThrottleKey,
+        wrong: ApiError,
+    ) -> ApiResult<()> {
         let verification = self
             .hasher
             .verify(password, &credentials.password_hash)
@@ -85,9 +98,10 @@ impl UserApi {
         if !verification.matches {
             return Err(wrong);
         }
-        self.store.clear_login_failures(id).await?;
+        self.store.clear_login_failures(&attempt).await?;
         if verification.needs_rehash {
-            self.rehash(id, password, &credentials.password_hash).await;
+            self.rehash(credentials.user.id, password, &credentials.password_hash)
+                .await;
         }
         Ok(())
     }
@@ -201,9 +215,11 @@ impl UserService for UserApi {
             .credentials(change.id)
             .await
             .map_err(ApiError::from)?;
-        self.check_password(
+        let attempt = self.begin_attempt(&credentials.user.email).await?;
+        self.verify_password(
             &credentials,
             &change.current,
+            attempt,
             ApiError::WrongCurrentPassword,
         )
         .await?;
@@ -235,6 +251,7 @@ impl UserService for UserApi {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let login = convert::authenticate(request.into_inner()).map_err(ApiError::from)?;
+        let attempt = self.begin_attempt(&login.email).await?;
         let Some(credentials) = self
             .store
             .find_credentials(&login.email)
@@ -248,8 +265,13 @@ impl UserService for UserApi {
                 .map_err(ApiError::from)?;
             return Err(ApiError::BadCredentials.into());
         };
-        self.check_password(&credentials, &login.password, ApiError::BadCredentials)
-            .await?;
+        self.verify_password(
+            &credentials,
+            &login.password,
+            attempt,
+            ApiError::BadCredentials,
+        )
+        .await?;
         Ok(Response::new(pb::AuthenticateResponse {
             user: Some(convert::user_to_proto(&credentials.user)),
         }))

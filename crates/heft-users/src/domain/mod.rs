@@ -165,7 +165,7 @@ pub struct Credentials {
 }
 
 /// Failed-login throttling (docs/contract.md, "Security"): at most `max_failures` failed
-/// attempts per account within `window`.
+/// attempts per email within `window`.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginThrottle {
     pub max_failures: u32,
@@ -178,6 +178,17 @@ impl Default for LoginThrottle {
             max_failures: 10,
             window: chrono::Duration::minutes(15),
         }
+    }
+}
+
+/// What the login throttle counts failures under: a keyed hash of the
+/// normalised email, known or not (no account is revealed by the throttle).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleKey(pub [u8; 32]);
+
+impl fmt::Debug for ThrottleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ThrottleKey(***)")
     }
 }
 

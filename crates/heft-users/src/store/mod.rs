@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, PurgeState, User, UserId, UserPatch,
+    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserPatch,
 };
 
 mod postgres;
@@ -127,12 +127,12 @@ pub trait UserStore: Send + Sync + 'static {
     /// window already holds `throttle.max_failures`.
     async fn begin_login_attempt(
         &self,
-        id: UserId,
+        key: &ThrottleKey,
         throttle: LoginThrottle,
         now: DateTime<Utc>,
     ) -> StoreResult<LoginAttempt>;
 
-    async fn clear_login_failures(&self, id: UserId) -> StoreResult<()>;
+    async fn clear_login_failures(&self, key: &ThrottleKey) -> StoreResult<()>;
 
     /// Deletes the user and records `job` in the purge outbox, in one
     /// transaction. The job is claimed by the caller for `lease`.
@@ -167,9 +167,9 @@ pub trait UserStore: Send + Sync + 'static {
     /// Connections of the pool: all of them, and those idle.
     fn pool_connections(&self) -> (u32, usize);
 
-    /// The page-token signing key shared by every replica on this database,
-    /// created with `candidate` if there is none yet.
-    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>>;
+    /// The key `name` shared by every replica on this database (page
+    /// tokens, the login throttle), created with `candidate` if there is none.
+    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>>;
 }
 
 /// Opens (and migrates) the store a `HEFT_USERS_DATABASE_URL` names.

@@ -12,7 +12,8 @@ use uuid::Uuid;
 use super::{StoreError, StoreResult, UserStore, parse_state_column, state_column};
 use crate::domain::{
     Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, PurgeState, User, UserId, UserName, UserPatch, WeightUnit,
+    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch,
+    WeightUnit,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users/sqlite");
@@ -274,7 +275,7 @@ impl UserStore for SqliteUserStore {
 
     async fn begin_login_attempt(
         &self,
-        id: UserId,
+        key: &ThrottleKey,
         throttle: LoginThrottle,
         now: DateTime<Utc>,
     ) -> StoreResult<LoginAttempt> {
@@ -282,14 +283,14 @@ impl UserStore for SqliteUserStore {
         // window starts when the old one is over, otherwise the count grows
         // only while it is under the limit.
         let taken: Option<i32> = sqlx::query_scalar(
-            "INSERT INTO login_throttle AS t (user_id, window_start, failures) VALUES ($1, $2, 1)
-             ON CONFLICT (user_id) DO UPDATE SET
+            "INSERT INTO login_throttle AS t (email_key, window_start, failures) VALUES ($1, $2, 1)
+             ON CONFLICT (email_key) DO UPDATE SET
                 window_start = CASE WHEN t.window_start <= $3 THEN $2 ELSE t.window_start END,
                 failures = CASE WHEN t.window_start <= $3 THEN 1 ELSE t.failures + 1 END
              WHERE t.window_start <= $3 OR t.failures < $4
              RETURNING failures",
         )
-        .bind(id.0)
+        .bind(&key.0[..])
         .bind(to_micros(now))
         .bind(to_micros(now - throttle.window))
         .bind(i32::try_from(throttle.max_failures).unwrap_or(i32::MAX))
@@ -301,8 +302,8 @@ impl UserStore for SqliteUserStore {
         }
         // A success may have cleared the row since: refused for now, free to retry.
         let window_start: Option<i64> =
-            sqlx::query_scalar("SELECT window_start FROM login_throttle WHERE user_id = $1")
-                .bind(id.0)
+            sqlx::query_scalar("SELECT window_start FROM login_throttle WHERE email_key = $1")
+                .bind(&key.0[..])
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(StoreError::from_sqlx)?;
@@ -311,9 +312,9 @@ impl UserStore for SqliteUserStore {
         })
     }
 
-    async fn clear_login_failures(&self, id: UserId) -> StoreResult<()> {
-        sqlx::query("DELETE FROM login_throttle WHERE user_id = $1")
-            .bind(id.0)
+    async fn clear_login_failures(&self, key: &ThrottleKey) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_throttle WHERE email_key = $1")
+            .bind(&key.0[..])
             .execute(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)?;
@@ -474,8 +475,8 @@ impl UserStore for SqliteUserStore {
         (self.pool.size(), self.pool.num_idle())
     }
 
-    async fn page_token_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        heft_service::db::page_token_key_sqlite(&self.pool, candidate)
+    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        heft_service::db::signing_key_sqlite(&self.pool, name, candidate)
             .await
             .map_err(StoreError::from_sqlx)
     }
