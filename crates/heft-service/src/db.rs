@@ -94,6 +94,27 @@ pub async fn ping<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Result<(), sqlx:
     pool.acquire().await?.ping().await
 }
 
+/// Whether `error` violates the unique index `index` on `columns`
+/// (`table.column`). PostgreSQL names the index; SQLite names the columns
+/// ("UNIQUE constraint failed: users.email") or, for an index on an
+/// expression, the index ("… failed: index 'name'").
+pub fn violates_unique(error: &sqlx::Error, index: &str, columns: &str) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    if !db.is_unique_violation() {
+        return false;
+    }
+    match db.constraint() {
+        Some(name) => name == index,
+        None => {
+            let message = db.message();
+            message.ends_with(&format!(": {columns}"))
+                || message.ends_with(&format!("index '{index}'"))
+        }
+    }
+}
+
 // The same statements serve both backends ($1 is positional in SQLite too).
 const INSERT_SIGNING_KEY: &str =
     "INSERT INTO signing_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";

@@ -35,19 +35,32 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Translates a database error at the store boundary: a unique violation
-    /// on the email index means the email is taken.
+    /// Translates a database error at the store boundary. Constraint
+    /// violations are named where the constraint is known
+    /// ([`StoreError::from_write_of_email`]); here they are plain errors.
     fn from_sqlx(error: sqlx::Error) -> Self {
         match &error {
-            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::EmailTaken,
-            // Only rows that reference a user have foreign keys: that user is gone.
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
             sqlx::Error::RowNotFound => StoreError::NotFound,
             _ if heft_service::db::is_unavailable(&error) => StoreError::Unavailable(error),
             _ => StoreError::Database(error),
         }
     }
 }
+
+impl StoreError {
+    /// For statements that write an email: the unique index on it means
+    /// another account has that email; any other violation is a bug.
+    fn from_write_of_email(error: sqlx::Error) -> Self {
+        if heft_service::db::violates_unique(&error, EMAIL_UNIQUE_INDEX, "users.email") {
+            StoreError::EmailTaken
+        } else {
+            StoreError::from_sqlx(error)
+        }
+    }
+}
+
+/// The unique index on users' emails (see the migrations).
+const EMAIL_UNIQUE_INDEX: &str = "users_email_key";
 
 impl ServiceError for StoreError {
     fn error_code(&self) -> ErrorCode {

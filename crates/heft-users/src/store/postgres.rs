@@ -147,7 +147,7 @@ impl UserStore for PostgresUserStore {
         .bind(user.create_time)
         .execute(&self.pool)
         .await
-        .map_err(StoreError::from_sqlx)?;
+        .map_err(StoreError::from_write_of_email)?;
         Ok(())
     }
 
@@ -204,7 +204,7 @@ impl UserStore for PostgresUserStore {
         .bind(now)
         .fetch_optional(&self.pool)
         .await
-        .map_err(StoreError::from_sqlx)?
+        .map_err(StoreError::from_write_of_email)?
         .ok_or(StoreError::NotFound)?
         .try_into()
     }

@@ -155,7 +155,7 @@ impl UserStore for SqliteUserStore {
         .bind(to_micros(user.create_time))
         .execute(&self.pool)
         .await
-        .map_err(StoreError::from_sqlx)?;
+        .map_err(StoreError::from_write_of_email)?;
         Ok(())
     }
 
@@ -212,7 +212,7 @@ impl UserStore for SqliteUserStore {
         .bind(to_micros(now))
         .fetch_optional(&self.pool)
         .await
-        .map_err(StoreError::from_sqlx)?
+        .map_err(StoreError::from_write_of_email)?
         .ok_or(StoreError::NotFound)?
         .try_into()
     }
