@@ -238,7 +238,7 @@ impl Drop for Process {
     }
 }
 
-fn authorized<T>(message: T) -> tonic::Request<T> {
+pub fn authorized<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
         "authorization",

@@ -72,7 +72,7 @@ pub async fn run(
     args: &AuditArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<AuditOutcome> {
-    let store = store::open(&config.database_url).await?;
+    let store = store::open(config.database_url.expose()).await?;
     let users = crate::users_client(config)?;
     let tally = find_orphans(store.as_ref(), &users, out).await?;
     let orphan_entries: u64 = tally.orphans.iter().map(|(_, count)| count).sum();

@@ -7,7 +7,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use heft_proto::entries::v1::entry_service_server::EntryServiceServer;
 use heft_service::{
-    config::CommonArgs,
+    config::{CommonArgs, DatabaseUrl},
     metrics::{self, Metrics},
     pagination::{PageTokens, generate_key},
     server::{self, InternalCredentials, Serving},
@@ -58,7 +58,7 @@ pub struct Config {
         default_value = "sqlite://data/entries.db",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// Where the users service listens (to check that users exist).
     #[arg(long, env = "HEFT_USERS_URL", default_value = "http://127.0.0.1:50051")]
     pub users_url: String,
@@ -93,7 +93,7 @@ pub async fn serve_with_listener(
     config
         .common
         .check_exposure(&tokens, listener.local_addr()?)?;
-    let store = store::open(&config.database_url).await?;
+    let store = store::open(config.database_url.expose()).await?;
     let page_tokens = PageTokens::new(store.signing_key("page_token", &generate_key()).await?);
     let users = users_client(&config)?;
     let api = api::EntryApi::new(store.clone(), users, page_tokens, config.purge.clone());

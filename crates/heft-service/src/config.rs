@@ -9,6 +9,41 @@ use crate::{
     telemetry::LogFormat,
 };
 
+/// A database URL, which may carry a password: never printed whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    /// `postgres://user:***@host/db`: the password hidden, the rest kept
+    /// for whoever debugs a connection.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = &self.0;
+        let redacted = url
+            .find("://")
+            .map(|start| start + 3)
+            .and_then(|authority| {
+                let at = authority + url[authority..].find('@')?;
+                let colon = authority + url[authority..at].find(':')?;
+                Some(format!("{}:***{}", &url[..colon], &url[at..]))
+            });
+        write!(f, "DatabaseUrl({:?})", redacted.as_deref().unwrap_or(url))
+    }
+}
+
 /// A client that has not finished its TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -143,4 +178,24 @@ impl CommonArgs {
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_never_print_their_password() {
+        let url: DatabaseUrl = "postgres://heft:s3cret@db:5432/heft_users"
+            .parse()
+            .expect("url");
+        let printed = format!("{url:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains("postgres://heft:***@db:5432/heft_users"),
+            "{printed}"
+        );
+        let plain: DatabaseUrl = "sqlite://data/users.db".parse().expect("url");
+        assert!(format!("{plain:?}").contains("sqlite://data/users.db"));
+    }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use heft_proto::users::v1::user_service_server::UserServiceServer;
 use heft_service::{
-    config::CommonArgs,
+    config::{CommonArgs, DatabaseUrl},
     keyed::KeyedHash,
     metrics::{self, FloatGauge, Metrics, StateLabels},
     pagination::{PageTokens, generate_key},
@@ -55,7 +55,7 @@ pub struct Config {
         default_value = "sqlite://data/users.db",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// Where the entries service listens (for the cascade).
     #[arg(
         long,
@@ -97,7 +97,7 @@ pub async fn serve_with_listener(
     config
         .common
         .check_exposure(&tokens, listener.local_addr()?)?;
-    let store = store::open(&config.database_url).await?;
+    let store = store::open(config.database_url.expose()).await?;
     let page_tokens = PageTokens::new(store.signing_key("page_token", &generate_key()).await?);
     let throttle_keys = KeyedHash::new(store.signing_key("login_throttle", &generate_key()).await?);
     let hasher = password::PasswordHasher::new(&config.hashing)?;

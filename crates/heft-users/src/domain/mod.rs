@@ -143,10 +143,19 @@ pub struct User {
 }
 
 /// A user about to be stored, with the hash of its password.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NewUser {
     pub user: User,
     pub password_hash: String,
+}
+
+impl fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewUser")
+            .field("user", &self.user)
+            .field("password_hash", &"***")
+            .finish()
+    }
 }
 
 /// The fields an update changes; `None` leaves a field as it is.
@@ -158,10 +167,19 @@ pub struct UserPatch {
 }
 
 /// What login needs: the user and the stored hash.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password_hash", &"***")
+            .finish()
+    }
 }
 
 /// Failed-login throttling (docs/contract.md, "Security"): at most `max_failures` failed
