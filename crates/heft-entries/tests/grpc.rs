@@ -203,7 +203,22 @@ async fn invalid_entries_name_every_bad_field() {
         ],
     );
 
+    // PostgreSQL cannot store U+0000: refused at the edge, on every backend.
     let user = stack.new_user().await;
+    for note in ["nul\u{0}byte", "escape\u{1b}[31m", "carriage\rreturn"] {
+        let status = client
+            .create_entry(pb::CreateEntryRequest {
+                user_id: user.clone(),
+                weight: weight(80.0, KG),
+                recorded_on: date(2024, 1, 1),
+                note: note.into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect_err("control character");
+        assert_invalid(&status, &["note"]);
+    }
+
     let cases = [
         (weight(80.0, 0), date(2024, 1, 1), "weight.unit"),
         (weight(1000.5, KG), date(2024, 1, 1), "weight.value"),

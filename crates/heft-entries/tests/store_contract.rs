@@ -85,6 +85,7 @@ backend_tests!(
     updates_and_deletes_single_entries,
     purge_deletes_everything_and_leaves_a_tombstone,
     a_purge_cut_short_keeps_its_batches_and_resumes,
+    odd_notes_read_back_alike_on_both_backends,
     entry_owners_page_through_every_user_once,
     no_entry_survives_writers_racing_a_purge,
 );
@@ -349,6 +350,32 @@ async fn purge_deletes_everything_and_leaves_a_tombstone(db: TestDatabase) {
             .await,
         Err(StoreError::UserPurged)
     ));
+}
+
+/// Values the two backends could store differently: characters outside the
+/// BMP at the length limit (500 characters, 2,000 bytes), decomposed
+/// accents, newline and tab, quotes. Each reads back exactly as written.
+async fn odd_notes_read_back_alike_on_both_backends(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user();
+    let notes = [
+        "😀".repeat(Note::MAX_CHARS),
+        "cafe\u{301} and caf\u{e9}".to_owned(),
+        "line one\nline two\tend".to_owned(),
+        "'; DROP TABLE entries; --".to_owned(),
+        String::new(),
+    ];
+    for (i, raw) in notes.iter().enumerate() {
+        let note = Note::parse(raw).expect("a valid note");
+        let mut written = entry(user, day(i as u32), 70.0, WeightUnit::Kilograms);
+        written.note = note;
+        store.create_entry(&written, None).await.expect("create");
+        let read = store.get_entry(written.id).await.expect("get");
+        assert_eq!(read.note.as_str(), raw, "note {i}");
+    }
+    // What PostgreSQL cannot store never reaches a store.
+    assert!(Note::parse("nul\u{0}").is_err());
+    assert!(Note::parse(&"😀".repeat(Note::MAX_CHARS + 1)).is_err());
 }
 
 async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {

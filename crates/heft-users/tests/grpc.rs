@@ -522,9 +522,17 @@ async fn the_throttle_answers_known_and_unknown_emails_alike() {
         .authenticate(login("UNKNOWN@example.com", "wrong password"))
         .await
         .expect_err("locked");
+    // The same answer, but for the seconds left in each window.
+    let without_digits = |status: &Status| -> String {
+        status
+            .message()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect()
+    };
     assert_eq!(
-        (known.code(), reason(&known), known.message()),
-        (unknown.code(), reason(&unknown), unknown.message())
+        (known.code(), reason(&known), without_digits(&known)),
+        (unknown.code(), reason(&unknown), without_digits(&unknown))
     );
     assert_eq!(known.code(), Code::ResourceExhausted);
     assert_eq!(reason(&known), "TOO_MANY_FAILED_LOGINS");

@@ -44,6 +44,7 @@ fn job_for(user_id: UserId) -> PurgeJob {
 
 backend_tests!(
     creates_reads_and_lists_users,
+    unicode_emails_and_names_behave_alike_on_both_backends,
     emails_are_unique_even_under_concurrent_creates,
     updates_apply_only_the_patch,
     login_attempts_are_limited_atomically,
@@ -81,6 +82,41 @@ async fn password_hashes_are_replaced_only_if_unchanged(db: TestDatabase) {
         store.credentials(id).await.expect("hash").password_hash,
         "$argon2id$new"
     );
+}
+
+/// Values the two backends could compare differently: non-ASCII emails
+/// that differ only in case or in Unicode composition are one address (the
+/// domain NFC-normalises and lower-cases them; neither SQLite's NOCASE nor
+/// PostgreSQL's lower() is relied on for that), and names at the length limit
+/// in multi-byte characters.
+async fn unicode_emails_and_names_behave_alike_on_both_backends(db: TestDatabase) {
+    let store = open(&db).await;
+    let mut first = new_user("\u{c9}cole@example.com");
+    first.user.name = UserName::parse(&"\u{e9}".repeat(UserName::MAX_CHARS)).expect("name");
+    store.create_user(&first).await.expect("create");
+    assert_eq!(
+        store.get_user(first.user.id).await.expect("get").name,
+        first.user.name
+    );
+    for taken in [
+        "\u{e9}cole@example.com",
+        "e\u{301}cole@EXAMPLE.com",
+        "E\u{301}COLE@example.com",
+    ] {
+        assert!(
+            matches!(
+                store.create_user(&new_user(taken)).await,
+                Err(StoreError::EmailTaken)
+            ),
+            "{taken}"
+        );
+        let found = store
+            .find_credentials(&Email::parse(taken).expect("email"))
+            .await
+            .expect("find")
+            .expect("same address");
+        assert_eq!(found.user.id, first.user.id);
+    }
 }
 
 async fn creates_reads_and_lists_users(db: TestDatabase) {

@@ -21,7 +21,7 @@ pub enum ApiError {
     BadCredentials,
     #[error("current password is incorrect")]
     WrongCurrentPassword,
-    #[error("too many failed logins for this account; try again in {} seconds", .retry_after.as_secs().max(1))]
+    #[error("too many failed logins for this email; try again in {} seconds", .retry_after.as_secs().max(1))]
     LoginLocked { retry_after: Duration },
 }
 
