@@ -1,0 +1,109 @@
+//! Closed-loop load: `concurrency` workers each issue one call after the
+//! other for a bounded time; latencies after the warm-up go into an HDR
+//! histogram, failures are counted.
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+/// What one phase measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies in microseconds.
+    pub latency: Histogram<u64>,
+    pub first_error: Option<String>,
+}
+
+impl Measured {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn percentile_ms(&self, percentile: f64) -> f64 {
+        self.latency.value_at_percentile(percentile) as f64 / 1000.0
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!())
+}
+
+/// Runs `call(worker, iteration)` from `concurrency` workers until
+/// `warmup + duration` has passed; only calls started after the warm-up count.
+pub async fn closed_loop<F, Fut>(
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    call: F,
+) -> Measured
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let measuring_from = started + warmup;
+    let until = measuring_from + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latency = histogram();
+                let (mut requests, mut errors, mut first_error) = (0u64, 0u64, None);
+                let mut iteration = 0u64;
+                loop {
+                    let begun = Instant::now();
+                    if begun >= until {
+                        break;
+                    }
+                    let result = call(worker, iteration).await;
+                    iteration += 1;
+                    if begun < measuring_from {
+                        continue;
+                    }
+                    requests += 1;
+                    match result {
+                        Ok(()) => {
+                            let micros = begun.elapsed().as_micros();
+                            let _ =
+                                latency.record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
+                        }
+                        Err(error) => {
+                            errors += 1;
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                }
+                (requests, errors, latency, first_error)
+            })
+        })
+        .collect();
+    let mut measured = Measured {
+        requests: 0,
+        errors: 0,
+        elapsed: duration,
+        latency: histogram(),
+        first_error: None,
+    };
+    for worker in workers {
+        if let Ok((requests, errors, latency, first_error)) = worker.await {
+            measured.requests += requests;
+            measured.errors += errors;
+            let _ = measured.latency.add(&latency);
+            if measured.first_error.is_none() {
+                measured.first_error = first_error;
+            }
+        }
+    }
+    // The last calls may end after the deadline: count the real span.
+    measured.elapsed = Instant::now().saturating_duration_since(measuring_from);
+    measured
+}

@@ -1,0 +1,879 @@
+//! `heft-bench`: heft's hot paths under closed-loop load, each beside the
+//! same statement run directly against PostgreSQL at the same concurrency in
+//! the same run, so every target prints as a ratio.
+//!
+//! `cargo build --release && target/release/heft-bench` starts both services
+//! (release binaries next to this one) on fresh PostgreSQL databases, seeds
+//! through the API, runs the phases, prints a table and writes
+//! `docs/BENCHMARKS.md`.
+#![forbid(unsafe_code)]
+
+mod load;
+mod stack;
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use chrono::{NaiveDate, Utc};
+use clap::Parser;
+use heft_proto::{
+    common::v1::{Weight, WeightUnit},
+    entries::v1::{self as entries_pb, entry_service_client::EntryServiceClient},
+    google::r#type::Date,
+    users::v1::{self as users_pb, user_service_client::UserServiceClient},
+};
+use load::{Measured, closed_loop};
+use rand::Rng;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use stack::{API_TOKEN, Sampler, Stack, Usage};
+use tonic::{metadata::MetadataValue, transport::Channel};
+use uuid::Uuid;
+
+const PASSWORD: &str = "correct horse battery";
+const KG: i32 = WeightUnit::Kilograms as i32;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "heft-bench", about = "heft against raw SQL, on PostgreSQL")]
+struct Args {
+    /// Admin URL of the PostgreSQL server; fresh databases are created on it.
+    #[arg(
+        long,
+        env = "HEFT_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
+    /// Closed-loop workers per phase (the same for the raw statements).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// HTTP/2 connections the workers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Measured seconds per phase, after the warm-up.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Warm-up seconds per phase, not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Entries seeded through BatchCreateEntries before the phases.
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: usize,
+    /// Users the seeded entries are spread over.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Entry counts of the DeleteUser phases.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    purge_sizes: Vec<usize>,
+    /// Where to write the report; `-` for nowhere.
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    report: PathBuf,
+    /// A smoke run: tiny sizes, one-second phases, no report.
+    #[arg(long)]
+    quick: bool,
+}
+
+impl Args {
+    fn tuned(mut self) -> Self {
+        if self.quick {
+            self.duration_secs = 1;
+            self.warmup_secs = 0;
+            self.entries = 2_000;
+            self.users = 4;
+            self.concurrency = self.concurrency.min(8);
+            self.connections = self.connections.min(2);
+            self.purge_sizes = vec![500];
+            self.report = PathBuf::from("-");
+        }
+        self
+    }
+
+    fn phase(&self) -> (Duration, Duration) {
+        (
+            Duration::from_secs(self.warmup_secs),
+            Duration::from_secs(self.duration_secs),
+        )
+    }
+}
+
+/// The generated clients over a few shared connections, with the token.
+#[derive(Clone)]
+struct Clients {
+    users: Vec<UserServiceClient<Channel>>,
+    entries: Vec<EntryServiceClient<Channel>>,
+    token: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Clients {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.token.clone());
+        request
+    }
+
+    fn users(&self, worker: usize) -> UserServiceClient<Channel> {
+        self.users[worker % self.users.len()].clone()
+    }
+
+    fn entries(&self, worker: usize) -> EntryServiceClient<Channel> {
+        self.entries[worker % self.entries.len()]
+            .clone()
+            .max_decoding_message_size(heft_proto::codec::MAX_BATCH_MESSAGE_BYTES)
+            .max_encoding_message_size(heft_proto::codec::MAX_BATCH_MESSAGE_BYTES)
+    }
+}
+
+/// What the seeding left: users (with their emails) and every entry id.
+struct Seeded {
+    users: Vec<(String, String)>,
+    entry_ids: Vec<String>,
+}
+
+fn new_entry(i: usize) -> entries_pb::NewEntry {
+    entries_pb::NewEntry {
+        weight: Some(Weight {
+            value: 60.0 + (i % 400) as f64 / 10.0,
+            unit: KG,
+        }),
+        recorded_on: Some(day(i)),
+        note: String::new(),
+    }
+}
+
+fn day(i: usize) -> Date {
+    let date = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default()
+        + chrono::Days::new((i % 9_000) as u64);
+    use chrono::Datelike;
+    Date {
+        year: date.year(),
+        month: date.month() as i32,
+        day: date.day() as i32,
+    }
+}
+
+async fn create_user(clients: &Clients, worker: usize) -> anyhow::Result<(String, String)> {
+    let email = format!("bench-{}@example.com", Uuid::new_v4().simple());
+    let user = clients
+        .users(worker)
+        .create_user(clients.request(users_pb::CreateUserRequest {
+            email: email.clone(),
+            name: "Bench".into(),
+            password: PASSWORD.into(),
+            weight_unit: KG,
+        }))
+        .await?
+        .into_inner();
+    Ok((user.id, email))
+}
+
+/// Imports `count` entries for `user` in batches of 10,000; returns their ids.
+async fn import(
+    clients: &Clients,
+    worker: usize,
+    user: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(count);
+    let mut done = 0;
+    while done < count {
+        let size = (count - done).min(10_000);
+        let response = clients
+            .entries(worker)
+            .batch_create_entries(clients.request(entries_pb::BatchCreateEntriesRequest {
+                user_id: user.to_owned(),
+                entries: (done..done + size).map(new_entry).collect(),
+            }))
+            .await?
+            .into_inner();
+        ids.extend(response.entries.into_iter().map(|e| e.id));
+        done += size;
+    }
+    Ok(ids)
+}
+
+async fn seed(clients: &Clients, args: &Args) -> anyhow::Result<Seeded> {
+    let per_user = args.entries / args.users.max(1);
+    let tasks: Vec<_> = (0..args.users)
+        .map(|i| {
+            let clients = clients.clone();
+            async move {
+                let (user, email) = create_user(&clients, i).await?;
+                let ids = import(&clients, i, &user, per_user).await?;
+                Ok::<_, anyhow::Error>(((user, email), ids))
+            }
+        })
+        .collect();
+    let mut seeded = Seeded {
+        users: Vec::new(),
+        entry_ids: Vec::new(),
+    };
+    // Four importers at once keep the database busy without starving it.
+    let mut results = futures::stream::iter(tasks).buffer_unordered(4);
+    use futures::StreamExt;
+    while let Some(result) = results.next().await {
+        let (user, ids) = result?;
+        seeded.users.push(user);
+        seeded.entry_ids.extend(ids);
+    }
+    Ok(seeded)
+}
+
+fn failed(error: impl std::fmt::Display) -> String {
+    error.to_string()
+}
+
+/// One row of the report.
+struct Row {
+    measure: String,
+    heft: String,
+    floor: String,
+    ratio: Option<f64>,
+    target: &'static str,
+    met: Option<bool>,
+}
+
+struct Report {
+    rows: Vec<Row>,
+    details: Vec<String>,
+}
+
+impl Report {
+    fn ratio(
+        &mut self,
+        measure: &str,
+        heft: &Measured,
+        raw: &Measured,
+        target: &'static str,
+        at_least: Option<f64>,
+    ) {
+        let ratio = heft.rps() / raw.rps().max(1e-9);
+        self.rows.push(Row {
+            measure: measure.to_owned(),
+            heft: format!(
+                "{:.0} rps (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
+                heft.rps(),
+                heft.percentile_ms(50.0),
+                heft.percentile_ms(99.0),
+                heft.errors
+            ),
+            floor: format!(
+                "{:.0} rps (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
+                raw.rps(),
+                raw.percentile_ms(50.0),
+                raw.percentile_ms(99.0),
+                raw.errors
+            ),
+            ratio: Some(ratio),
+            target,
+            met: at_least.map(|least| ratio >= least && heft.errors == 0),
+        });
+        for (what, measured) in [("heft", heft), ("raw", raw)] {
+            if let Some(error) = &measured.first_error {
+                self.details
+                    .push(format!("{measure} ({what}): first error: {error}"));
+            }
+        }
+    }
+}
+
+async fn raw_pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(u32::try_from(size).unwrap_or(u32::MAX))
+        .min_connections(u32::try_from(size).unwrap_or(u32::MAX))
+        .connect(url)
+        .await?)
+}
+
+/// One argon2id hash at heft's default parameters, in this process: the
+/// floor of Authenticate.
+fn single_hash_time() -> Duration {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
+    let params = Params::new(19_456, 2, 1, None).unwrap_or_default();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let mut times: Vec<Duration> = (0..7)
+        .map(|_| {
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            let started = Instant::now();
+            let _ = argon2.hash_password(PASSWORD.as_bytes(), &salt);
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse().tuned();
+    let (warmup, duration) = args.phase();
+    let c = args.concurrency;
+    eprintln!("starting both services on fresh PostgreSQL databases");
+    let stack = Stack::start(&args.postgres_url).await?;
+    let clients = Clients {
+        users: Stack::channels(stack.users.addr, args.connections)
+            .await?
+            .into_iter()
+            .map(UserServiceClient::new)
+            .collect(),
+        entries: Stack::channels(stack.entries.addr, args.connections)
+            .await?
+            .into_iter()
+            .map(EntryServiceClient::new)
+            .collect(),
+        token: format!("Bearer {API_TOKEN}").parse()?,
+    };
+    let pids = [stack.users.pid(), stack.entries.pid()];
+    let mut report = Report {
+        rows: Vec::new(),
+        details: Vec::new(),
+    };
+    let mut usage: Vec<(String, Vec<Usage>)> = Vec::new();
+
+    eprintln!(
+        "seeding {} entries over {} users through BatchCreateEntries",
+        args.entries, args.users
+    );
+    let seeding = Instant::now();
+    let seeded = Arc::new(seed(&clients, &args).await?);
+    report.details.push(format!(
+        "seeded {} entries over {} users in {:.1} s",
+        seeded.entry_ids.len(),
+        seeded.users.len(),
+        seeding.elapsed().as_secs_f64()
+    ));
+    let raw = raw_pool(&stack.entries_url, c).await?;
+
+    // GetEntry against SELECT by primary key.
+    eprintln!("phase: GetEntry");
+    let sampler = Sampler::start(&pids);
+    let heft = {
+        let (clients, seeded) = (clients.clone(), seeded.clone());
+        closed_loop(c, warmup, duration, move |worker, _| {
+            let (clients, seeded) = (clients.clone(), seeded.clone());
+            async move {
+                let id = seeded.entry_ids[rand::thread_rng().gen_range(0..seeded.entry_ids.len())]
+                    .clone();
+                clients
+                    .entries(worker)
+                    .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            }
+        })
+        .await
+    };
+    usage.push(("GetEntry".into(), sampler.finish().await));
+    let floor = {
+        let (raw, seeded) = (raw.clone(), seeded.clone());
+        closed_loop(c, warmup, duration, move |_, _| {
+            let (raw, seeded) = (raw.clone(), seeded.clone());
+            async move {
+                let id: Uuid = seeded.entry_ids
+                    [rand::thread_rng().gen_range(0..seeded.entry_ids.len())]
+                .parse()
+                .map_err(failed)?;
+                sqlx::query_as::<_, EntryRow>(
+                    "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
+                     FROM entries WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&raw)
+                .await
+                .map(drop)
+                .map_err(failed)
+            }
+        })
+        .await
+    };
+    report.ratio("GetEntry", &heft, &floor, "≥ 0.6", Some(0.6));
+
+    // ListEntries (a page of 100) against the keyset SELECT it runs.
+    eprintln!("phase: ListEntries");
+    let sampler = Sampler::start(&pids);
+    let heft = {
+        let (clients, seeded) = (clients.clone(), seeded.clone());
+        closed_loop(c, warmup, duration, move |worker, _| {
+            let (clients, seeded) = (clients.clone(), seeded.clone());
+            async move {
+                let user = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
+                    .0
+                    .clone();
+                clients
+                    .entries(worker)
+                    .list_entries(clients.request(entries_pb::ListEntriesRequest {
+                        user_id: user,
+                        page_size: 100,
+                        ..Default::default()
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            }
+        })
+        .await
+    };
+    usage.push(("ListEntries".into(), sampler.finish().await));
+    let floor = {
+        let (raw, seeded) = (raw.clone(), seeded.clone());
+        closed_loop(c, warmup, duration, move |_, _| {
+            let (raw, seeded) = (raw.clone(), seeded.clone());
+            async move {
+                let user: Uuid = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
+                    .0
+                    .parse()
+                    .map_err(failed)?;
+                sqlx::query_as::<_, EntryRow>(
+                    "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
+                     FROM entries WHERE user_id = $1
+                     ORDER BY recorded_on, create_time, id LIMIT 101",
+                )
+                .bind(user)
+                .fetch_all(&raw)
+                .await
+                .map(drop)
+                .map_err(failed)
+            }
+        })
+        .await
+    };
+    report.ratio(
+        "ListEntries (page of 100)",
+        &heft,
+        &floor,
+        "≥ 0.6",
+        Some(0.6),
+    );
+
+    // CreateEntry (with a request id) against the INSERT of the same row.
+    eprintln!("phase: CreateEntry");
+    let sampler = Sampler::start(&pids);
+    let heft = {
+        let (clients, seeded) = (clients.clone(), seeded.clone());
+        closed_loop(c, warmup, duration, move |worker, i| {
+            let (clients, seeded) = (clients.clone(), seeded.clone());
+            async move {
+                let user = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
+                    .0
+                    .clone();
+                let entry = new_entry(i as usize);
+                clients
+                    .entries(worker)
+                    .create_entry(clients.request(entries_pb::CreateEntryRequest {
+                        user_id: user,
+                        weight: entry.weight,
+                        recorded_on: entry.recorded_on,
+                        note: "morning".into(),
+                        request_id: Uuid::new_v4().to_string(),
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            }
+        })
+        .await
+    };
+    usage.push(("CreateEntry".into(), sampler.finish().await));
+    let floor = {
+        let (raw, seeded) = (raw.clone(), seeded.clone());
+        closed_loop(c, warmup, duration, move |_, i| {
+            let (raw, seeded) = (raw.clone(), seeded.clone());
+            async move {
+                let user: Uuid = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
+                    .0
+                    .parse()
+                    .map_err(failed)?;
+                let now = Utc::now();
+                sqlx::query(
+                    "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+                     VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)",
+                )
+                .bind(Uuid::now_v7())
+                .bind(user)
+                .bind(60.0 + (i % 400) as f64 / 10.0)
+                .bind(NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default() + chrono::Days::new(i % 9_000))
+                .bind(Uuid::new_v4())
+                .bind(now)
+                .execute(&raw)
+                .await
+                .map(drop)
+                .map_err(failed)
+            }
+        })
+        .await
+    };
+    report.ratio("CreateEntry", &heft, &floor, "≥ 0.6", Some(0.6));
+
+    // BatchCreateEntries of 1,000 against one UNNEST INSERT of 1,000.
+    eprintln!("phase: BatchCreateEntries");
+    let batch_workers = c.min(8);
+    let sampler = Sampler::start(&pids);
+    let heft = {
+        let (clients, seeded) = (clients.clone(), seeded.clone());
+        closed_loop(batch_workers, warmup, duration, move |worker, _| {
+            let (clients, seeded) = (clients.clone(), seeded.clone());
+            async move {
+                let user = seeded.users[worker % seeded.users.len()].0.clone();
+                clients
+                    .entries(worker)
+                    .batch_create_entries(clients.request(entries_pb::BatchCreateEntriesRequest {
+                        user_id: user,
+                        entries: (0..1_000).map(new_entry).collect(),
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            }
+        })
+        .await
+    };
+    usage.push(("BatchCreateEntries".into(), sampler.finish().await));
+    let floor = {
+        let (raw, seeded) = (raw.clone(), seeded.clone());
+        closed_loop(batch_workers, warmup, duration, move |worker, _| {
+            let (raw, seeded) = (raw.clone(), seeded.clone());
+            async move {
+                let user: Uuid = seeded.users[worker % seeded.users.len()].0.parse().map_err(failed)?;
+                let ids: Vec<Uuid> = (0..1_000).map(|_| Uuid::now_v7()).collect();
+                let values: Vec<f64> = (0..1_000).map(|i| 60.0 + f64::from(i % 400) / 10.0).collect();
+                let days: Vec<NaiveDate> = (0..1_000u64)
+                    .map(|i| NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default() + chrono::Days::new(i))
+                    .collect();
+                sqlx::query(
+                    "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
+                     SELECT id, $2, value, 1, recorded_on, '', now(), now()
+                     FROM UNNEST($1::uuid[], $3::float8[], $4::date[]) AS batch (id, value, recorded_on)",
+                )
+                .bind(&ids)
+                .bind(user)
+                .bind(&values)
+                .bind(&days)
+                .execute(&raw)
+                .await
+                .map(drop)
+                .map_err(failed)
+            }
+        })
+        .await
+    };
+    report.ratio("BatchCreateEntries (1,000 each)", &heft, &floor, "—", None);
+
+    // Authenticate at full concurrency, with GetUser beside it.
+    eprintln!("phase: Authenticate, and GetUser under that load");
+    let hash = single_hash_time();
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let hash_floor = cores as f64 / hash.as_secs_f64();
+    let sampler = Sampler::start(&pids);
+    let logins = {
+        let (clients, seeded) = (clients.clone(), seeded.clone());
+        tokio::spawn(closed_loop(c, warmup, duration, move |worker, _| {
+            let (clients, seeded) = (clients.clone(), seeded.clone());
+            async move {
+                let email = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
+                    .1
+                    .clone();
+                clients
+                    .users(worker)
+                    .authenticate(clients.request(users_pb::AuthenticateRequest {
+                        email,
+                        password: PASSWORD.into(),
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            }
+        }))
+    };
+    let lookups = {
+        let (clients, seeded) = (clients.clone(), seeded.clone());
+        closed_loop(4, warmup, duration, move |worker, _| {
+            let (clients, seeded) = (clients.clone(), seeded.clone());
+            async move {
+                let id = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
+                    .0
+                    .clone();
+                clients
+                    .users(worker)
+                    .get_user(clients.request(users_pb::GetUserRequest { id }))
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            }
+        })
+        .await
+    };
+    let logins = logins.await?;
+    let login_usage = sampler.finish().await;
+    usage.push(("Authenticate + GetUser".into(), login_usage.clone()));
+    let ratio = logins.rps() / hash_floor;
+    report.rows.push(Row {
+        measure: "Authenticate".into(),
+        heft: format!(
+            "{:.1} rps (p50 {:.1} ms, p99 {:.1} ms, {} errors)",
+            logins.rps(),
+            logins.percentile_ms(50.0),
+            logins.percentile_ms(99.0),
+            logins.errors
+        ),
+        floor: format!(
+            "{cores} cores ÷ {:.1} ms per hash = {hash_floor:.1} rps",
+            hash.as_secs_f64() * 1000.0
+        ),
+        ratio: Some(ratio),
+        target: "≥ 0.8",
+        met: Some(ratio >= 0.8 && logins.errors == 0),
+    });
+    let p99 = lookups.percentile_ms(99.0);
+    report.rows.push(Row {
+        measure: "GetUser p99 under full login load".into(),
+        heft: format!(
+            "{p99:.2} ms ({:.0} rps, {} errors)",
+            lookups.rps(),
+            lookups.errors
+        ),
+        floor: "–".into(),
+        ratio: None,
+        target: "< 10 ms",
+        met: Some(p99 < 10.0 && lookups.errors == 0),
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_users = stack::rss_kib(stack.users.pid()) as f64 / 1024.0;
+
+    // DeleteUser with N entries until GetPurgeJob says PURGED, against a
+    // bare DELETE of as many rows.
+    for &n in &args.purge_sizes {
+        eprintln!("phase: DeleteUser with {n} entries");
+        let (user, _) = create_user(&clients, 0).await?;
+        import(&clients, 0, &user, n).await?;
+        let sampler = Sampler::start(&pids);
+        let started = Instant::now();
+        clients
+            .users(0)
+            .delete_user(clients.request(users_pb::DeleteUserRequest { id: user.clone() }))
+            .await?;
+        loop {
+            let job = clients
+                .users(0)
+                .get_purge_job(clients.request(users_pb::GetPurgeJobRequest {
+                    user_id: user.clone(),
+                }))
+                .await?
+                .into_inner();
+            if job.state == users_pb::PurgeState::Purged as i32 {
+                anyhow::ensure!(job.purged_entry_count == n as i64, "purged {job:?}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let heft_time = started.elapsed();
+        usage.push((format!("DeleteUser, {n} entries"), sampler.finish().await));
+
+        let bare_user = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
+             SELECT gen_random_uuid(), $1, 70, 1, DATE '2000-01-01' + (i % 9000)::int, '', now(), now()
+             FROM generate_series(1, $2) AS i",
+        )
+        .bind(bare_user)
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .execute(&raw)
+        .await?;
+        let started = Instant::now();
+        sqlx::query("DELETE FROM entries WHERE user_id = $1")
+            .bind(bare_user)
+            .execute(&raw)
+            .await?;
+        let bare_time = started.elapsed();
+        let ratio = heft_time.as_secs_f64() / bare_time.as_secs_f64().max(1e-9);
+        report.rows.push(Row {
+            measure: format!("purge {n} entries: DeleteUser to PURGED"),
+            heft: format!(
+                "{:.1} ms ({:.2} ms per 1,000)",
+                heft_time.as_secs_f64() * 1000.0,
+                heft_time.as_secs_f64() * 1e6 / n as f64
+            ),
+            floor: format!("bare DELETE {:.1} ms", bare_time.as_secs_f64() * 1000.0),
+            ratio: Some(ratio),
+            target: if n >= 100_000 { "≤ 2×" } else { "—" },
+            met: (n >= 100_000).then_some(ratio <= 2.0),
+        });
+    }
+
+    // Memory: the largest resident set of each service over every phase.
+    let max_of = |index: usize| {
+        usage
+            .iter()
+            .map(|(_, usage)| usage[index].max_rss_mib)
+            .fold(0.0, f64::max)
+    };
+    let (users_peak, entries_peak) = (max_of(0), max_of(1));
+    report.rows.push(Row {
+        measure: "heft-users resident memory".into(),
+        heft: format!(
+            "peak {users_peak:.0} MiB (at full login load {:.0} MiB), idle after {idle_users:.0} MiB",
+            login_usage[0].max_rss_mib
+        ),
+        floor: "–".into(),
+        ratio: None,
+        target: "< 100 MiB",
+        met: Some(users_peak < 100.0 && idle_users < 100.0),
+    });
+    report.rows.push(Row {
+        measure: "heft-entries resident memory".into(),
+        heft: format!("peak {entries_peak:.0} MiB"),
+        floor: "–".into(),
+        ratio: None,
+        target: "< 100 MiB",
+        met: Some(entries_peak < 100.0),
+    });
+
+    let postgres_version: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(&raw)
+        .await?;
+    raw.close().await;
+    stack.finish().await?;
+
+    let text = render(&args, &report, &usage, &postgres_version);
+    println!("{text}");
+    if args.report.as_os_str() != "-" {
+        std::fs::write(&args.report, &text)
+            .with_context(|| format!("cannot write {}", args.report.display()))?;
+        eprintln!("wrote {}", args.report.display());
+    }
+    let missed = report
+        .rows
+        .iter()
+        .filter(|row| row.met == Some(false))
+        .count();
+    if missed > 0 {
+        eprintln!("{missed} target(s) not met");
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+#[allow(dead_code)]
+struct EntryRow {
+    id: Uuid,
+    user_id: Uuid,
+    value: f64,
+    unit: i16,
+    recorded_on: NaiveDate,
+    note: String,
+    create_time: chrono::DateTime<Utc>,
+    update_time: chrono::DateTime<Utc>,
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|text| !text.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map_or("unknown".to_owned(), |(_, model)| model.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or("unknown".to_owned(), |kib| {
+            format!("{} GiB", kib / 1024 / 1024)
+        });
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({model}), {memory}, Linux {}", kernel.trim())
+}
+
+fn render(args: &Args, report: &Report, usage: &[(String, Vec<Usage>)], postgres: &str) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "# heft benchmarks\n");
+    let _ = writeln!(
+        text,
+        "Produced by `heft-bench` (see the README); every ratio is measured in the same run \
+         as its floor: the same statement run directly against the same PostgreSQL table \
+         at the same concurrency.\n"
+    );
+    let _ = writeln!(text, "- date: {}", Utc::now().format("%Y-%m-%d %H:%M UTC"));
+    let _ = writeln!(text, "- machine: {}", machine());
+    let _ = writeln!(text, "- PostgreSQL: {postgres}");
+    let _ = writeln!(text, "- rustc: {}", command_output("rustc", &["-V"]));
+    let _ = writeln!(
+        text,
+        "- heft: {}",
+        command_output("git", &["rev-parse", "--short", "HEAD"])
+    );
+    let _ = writeln!(
+        text,
+        "- load: closed loop, {} workers over {} HTTP/2 connections (BatchCreateEntries: {}), \
+         {} s warm-up excluded, {} s measured per phase; {} entries seeded over {} users; \
+         both services ({} builds) with tokens, on loopback\n",
+        args.concurrency,
+        args.connections,
+        args.concurrency.min(8),
+        args.warmup_secs,
+        args.duration_secs,
+        args.entries,
+        args.users,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    let _ = writeln!(
+        text,
+        "| measure | heft | floor (raw SQL) | ratio | target | met |"
+    );
+    let _ = writeln!(text, "|---|---|---|---:|---|---|");
+    for row in &report.rows {
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.measure,
+            row.heft,
+            row.floor,
+            row.ratio.map_or("–".to_owned(), |r| format!("{r:.2}")),
+            row.target,
+            match row.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            }
+        );
+    }
+    let _ = writeln!(text, "\n## Resources per phase\n");
+    let _ = writeln!(
+        text,
+        "| phase | heft-users peak RSS | heft-users CPU | heft-entries peak RSS | heft-entries CPU |"
+    );
+    let _ = writeln!(text, "|---|---:|---:|---:|---:|");
+    for (phase, usage) in usage {
+        let _ = writeln!(
+            text,
+            "| {phase} | {:.0} MiB | {:.1} s | {:.0} MiB | {:.1} s |",
+            usage[0].max_rss_mib, usage[0].cpu_seconds, usage[1].max_rss_mib, usage[1].cpu_seconds
+        );
+    }
+    if !report.details.is_empty() {
+        let _ = writeln!(text, "\n## Notes\n");
+        for detail in &report.details {
+            let _ = writeln!(text, "- {detail}");
+        }
+    }
+    text
+}

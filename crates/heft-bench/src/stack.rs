@@ -1,0 +1,298 @@
+//! Both services as release processes on fresh PostgreSQL databases, on
+//! loopback, with their memory and CPU sampled.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection};
+use tonic::transport::{Channel, Endpoint};
+
+pub const API_TOKEN: &str = "bench-api-token";
+const INTERNAL_TOKEN: &str = "bench-internal-token";
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// `url` with its database replaced.
+pub fn database_url(admin_url: &str, database: &str) -> String {
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url, None), |(b, q)| (b, Some(q)));
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|i| start + i))
+        .unwrap_or(base.len());
+    let mut url = format!("{}/{database}", &base[..authority_end]);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+pub struct Service {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Stack {
+    pub users: Service,
+    pub entries: Service,
+    pub entries_url: String,
+    admin_url: String,
+    databases: Vec<String>,
+}
+
+/// The service binaries: next to this one (`cargo build --release` puts
+/// them side by side).
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no directory")?;
+    // Tests run from target/<profile>/deps.
+    for candidate in [dir.join(name), dir.join("..").join(name)] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!(
+        "{name} not found next to {}: build the workspace first (cargo build --release)",
+        exe.display()
+    )
+}
+
+fn spawn(binary: &Path, args: &[(&str, String)]) -> anyhow::Result<Child> {
+    let mut command = Command::new(binary);
+    command
+        .env_clear()
+        .env("HEFT_LOG", "warn")
+        .env("HEFT_API_TOKENS", API_TOKEN)
+        .env("HEFT_INTERNAL_TOKEN", INTERNAL_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (flag, value) in args {
+        command.arg(flag).arg(value);
+    }
+    Ok(command.spawn()?)
+}
+
+impl Stack {
+    pub async fn start(admin_url: &str) -> anyhow::Result<Self> {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let databases = vec![
+            format!("heft_bench_users_{}", &run[..12]),
+            format!("heft_bench_entries_{}", &run[..12]),
+        ];
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        for database in &databases {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+                .execute(&mut admin)
+                .await?;
+        }
+        let (users_addr, entries_addr) = (free_port()?, free_port()?);
+        let users_url = database_url(admin_url, &databases[0]);
+        let entries_url = database_url(admin_url, &databases[1]);
+        let users = Service {
+            addr: users_addr,
+            child: spawn(
+                &binary("heft-users")?,
+                &[
+                    ("--listen", users_addr.to_string()),
+                    ("--database-url", users_url),
+                    ("--entries-url", format!("http://{entries_addr}")),
+                    ("--metrics-listen", String::new()),
+                ],
+            )?,
+        };
+        let entries = Service {
+            addr: entries_addr,
+            child: spawn(
+                &binary("heft-entries")?,
+                &[
+                    ("--listen", entries_addr.to_string()),
+                    ("--database-url", entries_url.clone()),
+                    ("--users-url", format!("http://{users_addr}")),
+                    ("--metrics-listen", String::new()),
+                ],
+            )?,
+        };
+        let stack = Self {
+            users,
+            entries,
+            entries_url,
+            admin_url: admin_url.to_owned(),
+            databases,
+        };
+        for service in [&stack.users, &stack.entries] {
+            wait_until_serving(service.addr).await?;
+        }
+        Ok(stack)
+    }
+
+    /// `count` HTTP/2 connections to a service.
+    pub async fn channels(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Channel>> {
+        let mut channels = Vec::new();
+        for _ in 0..count {
+            channels.push(
+                Endpoint::from_shared(format!("http://{addr}"))?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?,
+            );
+        }
+        Ok(channels)
+    }
+
+    /// Stops the services and drops the databases.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        let Self {
+            users,
+            entries,
+            admin_url,
+            databases,
+            ..
+        } = self;
+        drop((users, entries));
+        let mut admin = PgConnection::connect(&admin_url).await?;
+        for database in databases {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    for _ in 0..300 {
+        if let Ok(channel) = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+        {
+            let serving = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().status == 1);
+            if serving {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("service at {addr} did not become ready")
+}
+
+/// Samples resident memory (max) and CPU time of processes while a phase runs.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    max_rss_kib: Vec<Arc<AtomicU64>>,
+    cpu_ticks_before: Vec<u64>,
+    pids: Vec<u32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One process over one phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub max_rss_mib: f64,
+    pub cpu_seconds: f64,
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU of a process, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which is in parentheses.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0)
+}
+
+impl Sampler {
+    pub fn start(pids: &[u32]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_rss_kib: Vec<_> = pids
+            .iter()
+            .map(|&pid| Arc::new(AtomicU64::new(rss_kib(pid))))
+            .collect();
+        let task = {
+            let (stop, max_rss_kib, pids) = (stop.clone(), max_rss_kib.clone(), pids.to_vec());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    for (pid, max) in pids.iter().zip(&max_rss_kib) {
+                        max.fetch_max(rss_kib(*pid), Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        Self {
+            stop,
+            max_rss_kib,
+            cpu_ticks_before: pids.iter().map(|&pid| cpu_ticks(pid)).collect(),
+            pids: pids.to_vec(),
+            task,
+        }
+    }
+
+    pub async fn finish(self) -> Vec<Usage> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.pids
+            .iter()
+            .zip(&self.max_rss_kib)
+            .zip(&self.cpu_ticks_before)
+            .map(|((&pid, max), before)| Usage {
+                max_rss_mib: max.load(Ordering::Relaxed).max(rss_kib(pid)) as f64 / 1024.0,
+                cpu_seconds: cpu_ticks(pid).saturating_sub(*before) as f64 / 100.0,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,33 @@
+//! The benchmark builds and runs: one quick pass over every phase. Its
+//! numbers mean nothing here (debug build, one-second phases); timing
+//! belongs to the benchmark itself, never to a test.
+
+#[test]
+#[ignore = "PostgreSQL: set HEFT_TEST_POSTGRES_URL, run with -- --include-ignored"]
+fn a_quick_run_completes_every_phase() {
+    let postgres = std::env::var("HEFT_TEST_POSTGRES_URL")
+        .expect("HEFT_TEST_POSTGRES_URL names the PostgreSQL server");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_heft-bench"))
+        .args(["--quick", "--postgres-url", &postgres])
+        .output()
+        .expect("run heft-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for measure in [
+        "| GetEntry |",
+        "| ListEntries (page of 100) |",
+        "| CreateEntry |",
+        "| BatchCreateEntries (1,000 each) |",
+        "| Authenticate |",
+        "| GetUser p99 under full login load |",
+        "| purge 500 entries: DeleteUser to PURGED |",
+        "| heft-users resident memory |",
+    ] {
+        assert!(stdout.contains(measure), "no {measure} row:\n{stdout}");
+    }
+    assert!(stdout.contains(" 0 errors"), "{stdout}");
+}
