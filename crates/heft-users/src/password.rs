@@ -5,13 +5,13 @@
 //! without a bound a burst of logins could exhaust memory.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicUsize, Ordering},
 };
 
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
-    password_hash::{SaltString, rand_core::OsRng},
+    Algorithm, Argon2, Block, Params, PasswordHash, Version,
+    password_hash::{Output, Salt, SaltString, rand_core::OsRng},
 };
 use heft_service::{ErrorCode, ServiceError};
 use tokio::sync::Semaphore;
@@ -95,6 +95,8 @@ pub struct Verification {
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
+    /// argon2's working memory, reused hash after hash.
+    blocks: Arc<BlockPool>,
     concurrency: usize,
     permits: Arc<Semaphore>,
     /// Calls waiting for or holding a slot, and how many may.
@@ -118,10 +120,12 @@ impl PasswordHasher {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
         };
-        let dummy_hash = hash_blocking(&params, "heft-dummy-password-for-unknown-emails")
+        let blocks = Arc::new(BlockPool::new(concurrency, params.block_count()));
+        let dummy_hash = hash_blocking(&params, &blocks, "heft-dummy-password-for-unknown-emails")
             .map_err(|e| anyhow::anyhow!("cannot hash with the configured parameters: {e}"))?;
         Ok(Self {
             params,
+            blocks,
             concurrency,
             permits: Arc::new(Semaphore::new(concurrency)),
             admitted: Arc::new(AtomicUsize::new(0)),
@@ -165,9 +169,9 @@ impl PasswordHasher {
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, HashError> {
-        let params = self.params.clone();
+        let (params, blocks) = (self.params.clone(), self.blocks.clone());
         let password = password.clone();
-        self.run_blocking(move || hash_blocking(&params, password.expose()))
+        self.run_blocking(move || hash_blocking(&params, &blocks, password.expose()))
             .await?
             .map_err(HashError::Hashing)
     }
@@ -177,11 +181,13 @@ impl PasswordHasher {
         password: &Password,
         stored_hash: &str,
     ) -> Result<Verification, HashError> {
-        let params = self.params.clone();
+        let (params, blocks) = (self.params.clone(), self.blocks.clone());
         let password = password.clone();
         let stored_hash = stored_hash.to_owned();
-        self.run_blocking(move || verify_blocking(&params, password.expose(), &stored_hash))
-            .await?
+        self.run_blocking(move || {
+            verify_blocking(&params, &blocks, password.expose(), &stored_hash)
+        })
+        .await?
     }
 
     /// Spends the time of one verification, for an unknown email.
@@ -191,30 +197,127 @@ impl PasswordHasher {
     }
 }
 
-fn argon2id(params: &Params) -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+/// argon2's working memory (19 MiB per hash at OWASP's parameters), kept
+/// and reused rather than allocated per hash. Allocated per hash, each
+/// blocking-pool thread's malloc arena keeps its last 19 MiB after the hash
+/// is done, and the process holds arenas × 19 MiB while idle. The pool holds
+/// at most one buffer per hashing slot, since only that many hashes run.
+struct BlockPool {
+    buffers: Mutex<Vec<Vec<Block>>>,
+    capacity: usize,
+    block_count: usize,
 }
 
-fn hash_blocking(params: &Params, password: &str) -> Result<String, argon2::password_hash::Error> {
+impl BlockPool {
+    fn new(capacity: usize, block_count: usize) -> Self {
+        Self {
+            buffers: Mutex::new(Vec::with_capacity(capacity)),
+            capacity,
+            block_count,
+        }
+    }
+
+    /// Runs `work` on at least `needed` blocks.
+    fn with_blocks<R>(&self, needed: usize, work: impl FnOnce(&mut [Block]) -> R) -> R {
+        if needed > self.block_count {
+            // Stronger than configured (a hash from elsewhere): not pooled.
+            return work(&mut vec![Block::new(); needed]);
+        }
+        let pooled = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let mut buffer = pooled.unwrap_or_else(|| vec![Block::new(); self.block_count]);
+        let result = work(&mut buffer);
+        let mut buffers = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buffers.len() < self.capacity {
+            buffers.push(buffer);
+        }
+        result
+    }
+}
+
+/// argon2 of `password` with `salt` under `algorithm`/`version`/`params`,
+/// into `output`, in pooled memory.
+fn argon2_into(
+    blocks: &BlockPool,
+    (algorithm, version, params): (Algorithm, Version, &Params),
+    password: &str,
+    salt: &Salt<'_>,
+    output: &mut [u8],
+) -> Result<(), argon2::password_hash::Error> {
+    let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    blocks
+        .with_blocks(params.block_count(), |memory| {
+            argon2.hash_password_into_with_memory(password.as_bytes(), salt_bytes, output, memory)
+        })
+        .map_err(argon2::password_hash::Error::from)
+}
+
+fn hash_blocking(
+    params: &Params,
+    blocks: &BlockPool,
+    password: &str,
+) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(argon2id(params)
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    let mut output = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    argon2_into(
+        blocks,
+        (Algorithm::Argon2id, Version::V0x13, params),
+        password,
+        &salt.as_salt(),
+        &mut output,
+    )?;
+    Ok(PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: params.try_into()?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&output)?),
+    }
+    .to_string())
 }
 
 fn verify_blocking(
     configured: &Params,
+    blocks: &BlockPool,
     password: &str,
     stored_hash: &str,
 ) -> Result<Verification, HashError> {
     let parsed = PasswordHash::new(stored_hash).map_err(HashError::StoredHash)?;
     // The stored hash carries its own algorithm and parameters.
-    let matches = Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(HashError::StoredHash)?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .map_err(|e| HashError::StoredHash(e.into()))?
+        .unwrap_or_default();
     let stored = Params::try_from(&parsed).map_err(HashError::StoredHash)?;
-    let needs_rehash = parsed.algorithm != Algorithm::Argon2id.ident()
-        || parsed.version != Some(Version::V0x13.into())
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(HashError::StoredHash(
+            argon2::password_hash::Error::PhcStringField,
+        ));
+    };
+    let mut output = vec![0u8; expected.len()];
+    argon2_into(
+        blocks,
+        (algorithm, version, &stored),
+        password,
+        &salt,
+        &mut output,
+    )
+    .map_err(HashError::StoredHash)?;
+    // Output compares in constant time.
+    let matches = Output::new(&output).is_ok_and(|computed| computed == expected);
+    let needs_rehash = algorithm != Algorithm::Argon2id
+        || version != Version::V0x13
         || stored.m_cost() < configured.m_cost()
         || stored.t_cost() < configured.t_cost()
         || stored.p_cost() < configured.p_cost();
@@ -273,6 +376,58 @@ mod tests {
                 matches: true,
                 needs_rehash: true
             }
+        );
+    }
+
+    /// Pooled memory changes nothing on the wire: hashes verify with the
+    /// argon2 crate's own API, and its hashes (those stored by earlier
+    /// versions of heft) verify here; stronger stored parameters than the
+    /// pool's still work.
+    #[tokio::test]
+    async fn pooled_hashes_interoperate_with_standard_argon2() {
+        use argon2::{PasswordHasher as _, PasswordVerifier as _};
+        let hasher = PasswordHasher::new(&args(19_456)).expect("hasher");
+        let password = Password::parse("correct horse").expect("valid");
+
+        let ours = hasher.hash(&password).await.expect("hash");
+        let parsed = PasswordHash::new(&ours).expect("phc");
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse", &parsed)
+                .is_ok()
+        );
+
+        for memory in [19_456, 32_768] {
+            let params = Params::new(memory, 2, 1, None).expect("params");
+            let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(b"correct horse", &SaltString::generate(&mut OsRng))
+                .expect("hash")
+                .to_string();
+            let verified = hasher.verify(&password, &theirs).await.expect("verify");
+            assert!(verified.matches && !verified.needs_rehash, "{memory}");
+            let wrong = Password::parse("wrong horse").expect("valid");
+            assert!(
+                !hasher
+                    .verify(&wrong, &theirs)
+                    .await
+                    .expect("verify")
+                    .matches
+            );
+        }
+    }
+
+    #[test]
+    fn the_pool_keeps_one_buffer_per_slot() {
+        let pool = BlockPool::new(2, 8);
+        for _ in 0..5 {
+            pool.with_blocks(8, |blocks| assert!(blocks.len() >= 8));
+        }
+        assert_eq!(pool.buffers.lock().expect("lock").len(), 1);
+        pool.with_blocks(16, |blocks| assert_eq!(blocks.len(), 16));
+        assert_eq!(
+            pool.buffers.lock().expect("lock").len(),
+            1,
+            "larger ones are not kept"
         );
     }
 }
