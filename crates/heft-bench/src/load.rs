@@ -22,8 +22,9 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// Successful calls per second: a refusal is not throughput.
     pub fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        (self.requests - self.errors) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     pub fn percentile_ms(&self, percentile: f64) -> f64 {

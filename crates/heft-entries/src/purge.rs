@@ -54,18 +54,29 @@ pub async fn purge_user(
     // A batch is not started unless it can finish in time, judged by the
     // slowest batch so far (twice over, for a margin).
     let mut slowest = Duration::ZERO;
+    let mut after = None;
     loop {
         if Instant::now() + slowest * 2 > deadline {
             return Ok(progress);
         }
         let started = Instant::now();
-        let batch = store.delete_entries_batch(user_id, batch_size).await?;
+        let batch = store
+            .delete_entries_batch(user_id, batch_size, after)
+            .await?;
         slowest = slowest.max(started.elapsed());
         progress.deleted += batch.deleted;
         progress.total = batch.total;
         if batch.deleted < u64::from(batch_size) {
-            progress.complete = true;
-            return Ok(progress);
+            if after.is_none() {
+                progress.complete = true;
+                return Ok(progress);
+            }
+            // The walk reached the end of the index; one pass from the start
+            // confirms nothing was left behind it (an entry moved by an
+            // update while the purge ran).
+            after = None;
+        } else {
+            after = batch.last;
         }
     }
 }

@@ -10,7 +10,7 @@ use heft_entries::{
         SortOrder, UserId, Weight, WeightUnit,
     },
     purge::{self, PurgeProgress},
-    store::{self, BatchDeleted, EntryStore, StoreError},
+    store::{self, EntryStore, StoreError},
 };
 use heft_service::time;
 use heft_test_support::{TestDatabase, backend_tests};
@@ -388,7 +388,7 @@ async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {
 
     // Batches are only deleted behind a tombstone.
     assert!(matches!(
-        store.delete_entries_batch(user, 10).await,
+        store.delete_entries_batch(user, 10, None).await,
         Err(StoreError::NotPurged)
     ));
 
@@ -420,11 +420,14 @@ async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {
 
     // Each batch commits on its own and adds to the running total.
     assert_eq!(
-        store.delete_entries_batch(user, 10).await.expect("batch"),
-        BatchDeleted {
-            deleted: 10,
-            total: 10
-        }
+        {
+            let batch = store
+                .delete_entries_batch(user, 10, None)
+                .await
+                .expect("batch");
+            (batch.deleted, batch.total)
+        },
+        (10, 10)
     );
     assert_eq!(
         list_all(store.as_ref(), user, SortOrder::Ascending, 100)

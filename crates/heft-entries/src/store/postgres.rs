@@ -1,12 +1,20 @@
 //! PostgreSQL backend: the production store.
 //!
-//! Serialising creates against purges: every write that adds entries for a
-//! user first takes `pg_advisory_xact_lock_shared(key(user))`, a purge takes
-//! the exclusive `pg_advisory_xact_lock(key(user))`. Creates for one user run
-//! side by side; a purge waits for the creates in flight, and creates that
-//! come after it wait for it. The tombstone check runs in a statement after
-//! the lock is held, so under READ COMMITTED it sees a purge that committed
-//! while it waited.
+//! Serialising creates against purges, two ways:
+//!
+//! - `CreateEntry`, the hot path, is one statement: it takes a share lock on
+//!   its user's row in `entry_owners` (`FOR SHARE … WHERE NOT purged`) and
+//!   inserts only if it got it. The purge's tombstone sets `purged` on that
+//!   row, which needs the exclusive row lock: it waits for the creates in
+//!   flight (their entries are then deleted by its batches), and a create
+//!   that waited on the purge re-checks `NOT purged` on the row's new version
+//!   (READ COMMITTED re-evaluates a locked row's condition) and inserts
+//!   nothing.
+//! - Everything else that adds entries (a user's first entry, a repeated
+//!   request id, batches) takes `pg_advisory_xact_lock_shared(key(user))`,
+//!   the purge the exclusive `pg_advisory_xact_lock(key(user))`, and checks
+//!   the tombstone in a statement after the lock is held, so under READ
+//!   COMMITTED it sees a purge that committed while it waited.
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -16,8 +24,8 @@ use uuid::Uuid;
 
 use super::{BatchDeleted, EntryStore, MAX_BATCH, StoreError, StoreResult};
 use crate::domain::{
-    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
-    UserId, Weight, WeightUnit,
+    Cursor, DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
+    SortOrder, UserId, Weight, WeightUnit,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/entries/postgres");
@@ -60,6 +68,39 @@ impl PostgresEntryStore {
             .map_err(StoreError::from_sqlx)?;
         Ok(tx)
     }
+}
+
+/// An INSERT of one entry whose parameters are $1 id, $2 user, $3 value,
+/// $4 unit, $5 day, $6 note, $7 request id, $8 creation time.
+fn insert_entry(
+    sql: &'static str,
+    entry: &Entry,
+    request_id: Option<IdempotencyKey>,
+) -> sqlx::query::QueryAs<'static, Postgres, EntryRow, sqlx::postgres::PgArguments> {
+    sqlx::query_as::<_, EntryRow>(sql)
+        .bind(entry.id.0)
+        .bind(entry.user_id.0)
+        .bind(entry.weight.value())
+        .bind(unit_code(entry.weight.unit()))
+        .bind(entry.recorded_on.date())
+        .bind(entry.note.as_str().to_owned())
+        .bind(request_id.map(|r| r.0))
+        .bind(entry.create_time)
+}
+
+/// Records that the user owns entries, so that its next creates take the
+/// one-statement path. Under the user's shared advisory lock: a purge cannot
+/// be between its tombstone and this.
+async fn register_owner(
+    tx: &mut Transaction<'static, Postgres>,
+    user_id: UserId,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO entry_owners (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING")
+        .bind(user_id.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+    Ok(())
 }
 
 /// Advisory-lock key of a user. Two users sharing a key only serialise
@@ -117,23 +158,42 @@ impl EntryStore for PostgresEntryStore {
         entry: &Entry,
         request_id: Option<IdempotencyKey>,
     ) -> StoreResult<Entry> {
+        // One round trip when the user already owns entries and is not purged.
+        let inserted = insert_entry(
+            concat!(
+                "WITH owner AS (
+                    SELECT user_id FROM entry_owners WHERE user_id = $2 AND NOT purged FOR SHARE)
+                 INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+                 SELECT $1, owner.user_id, $3, $4, $5, $6, $7, $8, $8 FROM owner
+                 ON CONFLICT (user_id, request_id) DO NOTHING
+                 RETURNING ",
+                entry_columns!()
+            ),
+            entry,
+            request_id,
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if let Some(row) = inserted {
+            return row.try_into();
+        }
+        // A first entry, a request already served, or a purged user: the
+        // serialised path decides which.
         let mut tx = self.lock_user(entry.user_id, false).await?;
-        let inserted = sqlx::query_as::<_, EntryRow>(concat!(
-            "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8
-             WHERE NOT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $2)
-             ON CONFLICT (user_id, request_id) DO NOTHING
-             RETURNING ",
-            entry_columns!()
-        ))
-        .bind(entry.id.0)
-        .bind(entry.user_id.0)
-        .bind(entry.weight.value())
-        .bind(unit_code(entry.weight.unit()))
-        .bind(entry.recorded_on.date())
-        .bind(entry.note.as_str())
-        .bind(request_id.map(|r| r.0))
-        .bind(entry.create_time)
+        register_owner(&mut tx, entry.user_id).await?;
+        let inserted = insert_entry(
+            concat!(
+                "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8
+                 WHERE NOT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $2)
+                 ON CONFLICT (user_id, request_id) DO NOTHING
+                 RETURNING ",
+                entry_columns!()
+            ),
+            entry,
+            request_id,
+        )
         .fetch_optional(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
@@ -173,6 +233,7 @@ impl EntryStore for PostgresEntryStore {
         if purged {
             return Err(StoreError::UserPurged);
         }
+        register_owner(&mut tx, user_id).await?;
         // One statement for the whole batch: arrays of columns, unnested.
         let ids: Vec<Uuid> = entries.iter().map(|e| e.id.0).collect();
         let values: Vec<f64> = entries.iter().map(|e| e.weight.value()).collect();
@@ -327,33 +388,80 @@ impl EntryStore for PostgresEntryStore {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?;
+        // The exclusive row lock waits for every create holding a share lock.
+        sqlx::query(
+            "INSERT INTO entry_owners (user_id, purged) VALUES ($1, true)
+             ON CONFLICT (user_id) DO UPDATE SET purged = true",
+        )
+        .bind(user_id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
         tx.commit().await.map_err(StoreError::from_sqlx)
     }
 
-    async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted> {
+    async fn delete_entries_batch(
+        &self,
+        user_id: UserId,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> StoreResult<BatchDeleted> {
         // One statement, so one round trip and its own transaction. Rows are
-        // picked through the user's index and deleted by physical address (a
-        // TID scan), so the plan cannot turn into a scan of the whole table.
-        // Without a tombstone nothing is deleted (the UPDATE finds no row).
-        let (deleted, total): (i64, i64) = sqlx::query_as(
+        // picked in index order after `after` and deleted by physical address
+        // (a TID scan), so the plan cannot turn into a scan of the whole
+        // table, and a purge walks the index once. Without a tombstone
+        // nothing is deleted (the UPDATE finds no row).
+        const FROM_START: &str = "user_id = $1";
+        const AFTER_CURSOR: &str = "user_id = $1 AND (recorded_on, create_time, id) > ($3, $4, $5)";
+        let sql = format!(
             "WITH doomed AS (
                 DELETE FROM entries
-                WHERE ctid = ANY (ARRAY(SELECT ctid FROM entries WHERE user_id = $1 LIMIT $2))
+                WHERE ctid = ANY (ARRAY(
+                        SELECT ctid FROM entries WHERE {}
+                        ORDER BY recorded_on, create_time, id LIMIT $2))
                   AND EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)
-                RETURNING 1)
+                RETURNING recorded_on, create_time, id),
+             last AS (
+                SELECT recorded_on, create_time, id FROM doomed
+                ORDER BY recorded_on DESC, create_time DESC, id DESC LIMIT 1)
              UPDATE purged_users SET deleted_count = deleted_count + (SELECT count(*) FROM doomed)
              WHERE user_id = $1
-             RETURNING (SELECT count(*) FROM doomed), deleted_count",
-        )
-        .bind(user_id.0)
-        .bind(i64::from(limit))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .ok_or(StoreError::NotPurged)?;
+             RETURNING (SELECT count(*) FROM doomed), deleted_count,
+                       (SELECT recorded_on FROM last), (SELECT create_time FROM last), (SELECT id FROM last)",
+            if after.is_some() { AFTER_CURSOR } else { FROM_START }
+        );
+        type Row = (
+            i64,
+            i64,
+            Option<NaiveDate>,
+            Option<DateTime<Utc>>,
+            Option<Uuid>,
+        );
+        let mut query = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql))
+            .bind(user_id.0)
+            .bind(i64::from(limit));
+        if let Some(cursor) = after {
+            query = query
+                .bind(cursor.recorded_on)
+                .bind(heft_service::time::from_micros(cursor.create_time_micros))
+                .bind(cursor.id.0);
+        }
+        let (deleted, total, day, created, id) = query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?
+            .ok_or(StoreError::NotPurged)?;
         Ok(BatchDeleted {
             deleted: u64::try_from(deleted).unwrap_or(0),
             total: u64::try_from(total).unwrap_or(0),
+            last: match (day, created, id) {
+                (Some(recorded_on), Some(created), Some(id)) => Some(Cursor {
+                    recorded_on,
+                    create_time_micros: created.timestamp_micros(),
+                    id: EntryId(id),
+                }),
+                _ => None,
+            },
         })
     }
 

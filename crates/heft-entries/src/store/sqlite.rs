@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::{BatchDeleted, EntryStore, MAX_BATCH, StoreError, StoreResult};
 use crate::domain::{
-    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
-    UserId, Weight, WeightUnit,
+    Cursor, DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
+    SortOrder, UserId, Weight, WeightUnit,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/entries/sqlite");
@@ -306,7 +306,14 @@ impl EntryStore for SqliteEntryStore {
         tx.commit().await.map_err(StoreError::from_sqlx)
     }
 
-    async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted> {
+    async fn delete_entries_batch(
+        &self,
+        user_id: UserId,
+        limit: u32,
+        // SQLite removes deleted rows from its indexes at once: every batch
+        // starts at the first live one anyway.
+        _after: Option<Cursor>,
+    ) -> StoreResult<BatchDeleted> {
         let mut tx = self.write_transaction().await?;
         let deleted = sqlx::query(
             "DELETE FROM entries WHERE rowid IN (SELECT rowid FROM entries WHERE user_id = $1 LIMIT $2)",
@@ -331,6 +338,7 @@ impl EntryStore for SqliteEntryStore {
         Ok(BatchDeleted {
             deleted,
             total: u64::try_from(total).unwrap_or(0),
+            last: None,
         })
     }
 
