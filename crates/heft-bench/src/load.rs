@@ -49,6 +49,22 @@ where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
+    paced_loop(concurrency, warmup, duration, Duration::ZERO, call).await
+}
+
+/// [`closed_loop`] where each worker starts a call at most every `pace`
+/// (the wait is not part of the measured latency).
+pub async fn paced_loop<F, Fut>(
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    pace: Duration,
+    call: F,
+) -> Measured
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
     let call = Arc::new(call);
     let started = Instant::now();
     let measuring_from = started + warmup;
@@ -66,14 +82,16 @@ where
                         break;
                     }
                     let result = call(worker, iteration).await;
+                    let took = begun.elapsed();
                     iteration += 1;
+                    tokio::time::sleep(pace.saturating_sub(took)).await;
                     if begun < measuring_from {
                         continue;
                     }
                     requests += 1;
                     match result {
                         Ok(()) => {
-                            let micros = begun.elapsed().as_micros();
+                            let micros = took.as_micros();
                             let _ =
                                 latency.record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
                         }

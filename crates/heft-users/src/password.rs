@@ -1,12 +1,15 @@
-//! argon2id hashing on the blocking pool, a bounded number at a time.
+//! argon2id hashing on threads of its own, a bounded number at a time.
 //!
 //! One hash at OWASP's parameters takes ~19 MiB and tens of milliseconds of
 //! CPU: run on the async workers it would stall every other call, and run
-//! without a bound a burst of logins could exhaust memory.
+//! without a bound a burst of logins could exhaust memory. The hashing
+//! threads run at the lowest CPU priority: under a burst of logins they take
+//! every idle cycle, yet any other call (a GetUser) gets a core first.
 
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicUsize, Ordering},
+    mpsc,
 };
 
 use argon2::{
@@ -14,7 +17,8 @@ use argon2::{
     password_hash::{Output, Salt, SaltString, rand_core::OsRng},
 };
 use heft_service::{ErrorCode, ServiceError};
-use tokio::sync::Semaphore;
+use thread_priority::ThreadPriority;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::domain::Password;
 
@@ -46,8 +50,6 @@ pub enum HashError {
     Hashing(argon2::password_hash::Error),
     #[error("stored password hash is unreadable: {0}")]
     StoredHash(argon2::password_hash::Error),
-    #[error("password hashing task failed")]
-    Task(#[from] tokio::task::JoinError),
     #[error("password hasher is shut down")]
     Closed,
     #[error("too many password checks waiting; try again shortly")]
@@ -97,6 +99,7 @@ pub struct PasswordHasher {
     params: Params,
     /// argon2's working memory, reused hash after hash.
     blocks: Arc<BlockPool>,
+    threads: Arc<HashThreads>,
     concurrency: usize,
     permits: Arc<Semaphore>,
     /// Calls waiting for or holding a slot, and how many may.
@@ -126,6 +129,7 @@ impl PasswordHasher {
         Ok(Self {
             params,
             blocks,
+            threads: Arc::new(HashThreads::start(concurrency)?),
             concurrency,
             permits: Arc::new(Semaphore::new(concurrency)),
             admitted: Arc::new(AtomicUsize::new(0)),
@@ -161,11 +165,12 @@ impl PasswordHasher {
             .acquire_owned()
             .await
             .map_err(|_| HashError::Closed)?;
-        Ok(tokio::task::spawn_blocking(move || {
-            let _slot = (permit, admission);
-            work()
-        })
-        .await?)
+        self.threads
+            .run(move || {
+                let _slot = (permit, admission);
+                work()
+            })
+            .await
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, HashError> {
@@ -195,6 +200,57 @@ impl PasswordHasher {
         let dummy = self.dummy_hash.clone();
         self.verify(password, &dummy).await.map(drop)
     }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads that hash, one per hashing slot, at the lowest CPU priority.
+struct HashThreads {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl HashThreads {
+    fn start(count: usize) -> anyhow::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..count {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("heft-hash-{index}"))
+                .spawn(move || {
+                    if let Err(error) =
+                        thread_priority::set_current_thread_priority(ThreadPriority::Min)
+                    {
+                        tracing::warn!(?error, "cannot lower the priority of a hashing thread");
+                    }
+                    // Ends when the hasher, and with it the sender, is dropped.
+                    while let Ok(job) = next_job(&queue) {
+                        job();
+                    }
+                })?;
+        }
+        Ok(Self { jobs })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let (done, result) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(work());
+            }))
+            .map_err(|_| HashError::Closed)?;
+        result.await.map_err(|_| HashError::Closed)
+    }
+}
+
+fn next_job(queue: &Mutex<mpsc::Receiver<Job>>) -> Result<Job, mpsc::RecvError> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .recv()
 }
 
 /// argon2's working memory (19 MiB per hash at OWASP's parameters), kept
