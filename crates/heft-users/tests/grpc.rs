@@ -886,3 +886,22 @@ async fn refuses_to_start_exposed_or_half_configured() {
         .await
         .expect("allowed explicitly");
 }
+
+/// HTTP/2 header lists are bounded (16 KiB): a request carrying more
+/// metadata is refused by the transport, and the service keeps serving.
+#[tokio::test]
+async fn oversized_header_lists_are_refused() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &[]).await;
+    let mut client = client(&service).await;
+    let mut request = Request::new(pb::ListUsersRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-padding", "x".repeat(32 * 1024).parse().expect("ascii"));
+    assert!(client.list_users(request).await.is_err());
+    let mut client = self::client(&service).await;
+    client
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .expect("still serving");
+}
