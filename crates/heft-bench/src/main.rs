@@ -134,6 +134,17 @@ struct Seeded {
     entry_ids: Vec<String>,
 }
 
+impl Seeded {
+    fn any_entry(&self) -> &str {
+        &self.entry_ids[rand::thread_rng().gen_range(0..self.entry_ids.len())]
+    }
+
+    /// A seeded user: (id, email).
+    fn any_user(&self) -> &(String, String) {
+        &self.users[rand::thread_rng().gen_range(0..self.users.len())]
+    }
+}
+
 fn new_entry(i: usize) -> entries_pb::NewEntry {
     entries_pb::NewEntry {
         weight: Some(Weight {
@@ -356,8 +367,7 @@ async fn main() -> anyhow::Result<()> {
         closed_loop(c, warmup, duration, move |worker, _| {
             let (clients, seeded) = (clients.clone(), seeded.clone());
             async move {
-                let id = seeded.entry_ids[rand::thread_rng().gen_range(0..seeded.entry_ids.len())]
-                    .clone();
+                let id = seeded.any_entry().to_owned();
                 clients
                     .entries(worker)
                     .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
@@ -374,10 +384,7 @@ async fn main() -> anyhow::Result<()> {
         closed_loop(c, warmup, duration, move |_, _| {
             let (raw, seeded) = (raw.clone(), seeded.clone());
             async move {
-                let id: Uuid = seeded.entry_ids
-                    [rand::thread_rng().gen_range(0..seeded.entry_ids.len())]
-                .parse()
-                .map_err(failed)?;
+                let id: Uuid = seeded.any_entry().parse().map_err(failed)?;
                 sqlx::query_as::<_, EntryRow>(
                     "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
                      FROM entries WHERE id = $1",
@@ -401,9 +408,7 @@ async fn main() -> anyhow::Result<()> {
         closed_loop(c, warmup, duration, move |worker, _| {
             let (clients, seeded) = (clients.clone(), seeded.clone());
             async move {
-                let user = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
-                    .0
-                    .clone();
+                let user = seeded.any_user().0.clone();
                 clients
                     .entries(worker)
                     .list_entries(clients.request(entries_pb::ListEntriesRequest {
@@ -424,10 +429,7 @@ async fn main() -> anyhow::Result<()> {
         closed_loop(c, warmup, duration, move |_, _| {
             let (raw, seeded) = (raw.clone(), seeded.clone());
             async move {
-                let user: Uuid = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
-                    .0
-                    .parse()
-                    .map_err(failed)?;
+                let user: Uuid = seeded.any_user().0.parse().map_err(failed)?;
                 sqlx::query_as::<_, EntryRow>(
                     "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
                      FROM entries WHERE user_id = $1
@@ -458,9 +460,7 @@ async fn main() -> anyhow::Result<()> {
         closed_loop(c, warmup, duration, move |worker, i| {
             let (clients, seeded) = (clients.clone(), seeded.clone());
             async move {
-                let user = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
-                    .0
-                    .clone();
+                let user = seeded.any_user().0.clone();
                 let entry = new_entry(i as usize);
                 clients
                     .entries(worker)
@@ -484,7 +484,7 @@ async fn main() -> anyhow::Result<()> {
         closed_loop(c, warmup, duration, move |_, i| {
             let (raw, seeded) = (raw.clone(), seeded.clone());
             async move {
-                let user: Uuid = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
+                let user: Uuid = seeded.any_user()
                     .0
                     .parse()
                     .map_err(failed)?;
@@ -577,9 +577,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(move |worker: usize, _: u64| {
             let (clients, seeded) = (clients.clone(), seeded.clone());
             async move {
-                let email = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
-                    .1
-                    .clone();
+                let email = seeded.any_user().1.clone();
                 clients
                     .users(worker)
                     .authenticate(clients.request(users_pb::AuthenticateRequest {
@@ -619,9 +617,7 @@ async fn main() -> anyhow::Result<()> {
         load::paced_loop(2, warmup, duration, pace, move |worker, _| {
             let (clients, seeded) = (clients.clone(), seeded.clone());
             async move {
-                let id = seeded.users[rand::thread_rng().gen_range(0..seeded.users.len())]
-                    .0
-                    .clone();
+                let id = seeded.any_user().0.clone();
                 clients
                     .users(worker)
                     .get_user(clients.request(users_pb::GetUserRequest { id }))
