@@ -15,11 +15,12 @@ use crate::{
 /// How purges are paced; flags and `HEFT_PURGE_*` variables.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PurgeArgs {
-    /// Entries deleted per committed batch of a purge.
+    /// Most entries one committed batch of a purge deletes (a user with no
+    /// more is purged in one statement).
     #[arg(
         long,
         env = "HEFT_PURGE_BATCH_SIZE",
-        default_value_t = 5_000,
+        default_value_t = 100_000,
         value_parser = clap::value_parser!(u32).range(1..=100_000)
     )]
     pub purge_batch_size: u32,
@@ -54,29 +55,18 @@ pub async fn purge_user(
     // A batch is not started unless it can finish in time, judged by the
     // slowest batch so far (twice over, for a margin).
     let mut slowest = Duration::ZERO;
-    let mut after = None;
     loop {
         if Instant::now() + slowest * 2 > deadline {
             return Ok(progress);
         }
         let started = Instant::now();
-        let batch = store
-            .delete_entries_batch(user_id, batch_size, after)
-            .await?;
+        let batch = store.delete_entries_batch(user_id, batch_size).await?;
         slowest = slowest.max(started.elapsed());
         progress.deleted += batch.deleted;
         progress.total = batch.total;
-        if batch.deleted < u64::from(batch_size) {
-            if after.is_none() {
-                progress.complete = true;
-                return Ok(progress);
-            }
-            // The walk reached the end of the index; one pass from the start
-            // confirms nothing was left behind it (an entry moved by an
-            // update while the purge ran).
-            after = None;
-        } else {
-            after = batch.last;
+        if batch.complete {
+            progress.complete = true;
+            return Ok(progress);
         }
     }
 }

@@ -388,7 +388,7 @@ async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {
 
     // Batches are only deleted behind a tombstone.
     assert!(matches!(
-        store.delete_entries_batch(user, 10, None).await,
+        store.delete_entries_batch(user, 10).await,
         Err(StoreError::NotPurged)
     ));
 
@@ -418,16 +418,12 @@ async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {
         Err(StoreError::UserPurged)
     ));
 
-    // Each batch commits on its own and adds to the running total.
+    // Each batch commits on its own and adds to the running total; one that
+    // leaves entries behind does not call the purge complete.
+    let batch = store.delete_entries_batch(user, 10).await.expect("batch");
     assert_eq!(
-        {
-            let batch = store
-                .delete_entries_batch(user, 10, None)
-                .await
-                .expect("batch");
-            (batch.deleted, batch.total)
-        },
-        (10, 10)
+        (batch.deleted, batch.total, batch.complete),
+        (10, 10, false)
     );
     assert_eq!(
         list_all(store.as_ref(), user, SortOrder::Ascending, 100)
@@ -437,6 +433,9 @@ async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {
     );
     let resumed = purge_all(store.as_ref(), user).await;
     assert_eq!((resumed.deleted, resumed.total), (15, 25));
+    // Nothing left: an empty batch is complete, and the total stays.
+    let batch = store.delete_entries_batch(user, 10).await.expect("batch");
+    assert_eq!((batch.deleted, batch.total, batch.complete), (0, 25, true));
     assert!(
         list_all(store.as_ref(), user, SortOrder::Ascending, 100)
             .await

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sqlx::{
-    PgPool, SqlitePool,
+    Connection, PgPool, SqlitePool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
@@ -22,12 +22,27 @@ const POSTGRES_SESSION_LIMITS: [(&str, &str); 3] = [
     ("idle_in_transaction_session_timeout", "10s"),
 ];
 
+/// A pooled PostgreSQL connection idle for longer than this is pinged
+/// before use. A connection in steady use is not: a ping per call is a
+/// round trip per call, and a dropped connection shows as an error at once.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
+
 /// Connects to PostgreSQL and runs `migrator`.
 pub async fn connect_postgres(url: &str, migrator: &Migrator) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|connection, metadata| {
+            Box::pin(async move {
+                if metadata.idle_for < PING_AFTER_IDLE {
+                    return Ok(true);
+                }
+                // An error closes this connection; the pool hands out another.
+                connection.ping().await.map(|()| true)
+            })
+        })
         .connect_with(options.options(POSTGRES_SESSION_LIMITS))
         .await?;
     migrator.run(&pool).await?;
@@ -55,6 +70,8 @@ pub async fn connect_sqlite(url: &str, migrator: &Migrator) -> anyhow::Result<Sq
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // A connection to a local file cannot drop: no ping before use.
+        .test_before_acquire(false)
         .connect_with(options)
         .await?;
     migrator.run(&pool).await?;

@@ -7,9 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use heft_service::{ErrorCode, ServiceError};
 
-use crate::domain::{
-    Cursor, DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, UserId,
-};
+use crate::domain::{DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, UserId};
 
 mod postgres;
 mod sqlite;
@@ -74,9 +72,8 @@ pub struct BatchDeleted {
     pub deleted: u64,
     /// Entries every purge of this user has deleted, this batch included.
     pub total: u64,
-    /// Where the next batch may start; `None` when the backend has no use
-    /// for one (SQLite deletes rows outright).
-    pub last: Option<Cursor>,
+    /// True when the user has no entry left: this batch deleted the last.
+    pub complete: bool,
 }
 
 /// Most entries one BatchCreateEntries may carry.
@@ -128,16 +125,9 @@ pub trait EntryStore: Send + Sync + 'static {
     async fn leave_tombstone(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<()>;
 
     /// Deletes up to `limit` entries of a tombstoned user in one committed
-    /// transaction, adding them to the tombstone's running total. With
-    /// `after`, only entries after that position in the user's index order,
-    /// so that a purge walks the index once rather than over the dead rows
-    /// of its earlier batches again and again.
-    async fn delete_entries_batch(
-        &self,
-        user_id: UserId,
-        limit: u32,
-        after: Option<Cursor>,
-    ) -> StoreResult<BatchDeleted>;
+    /// transaction, adding them to the tombstone's running total; when no
+    /// more than `limit` are left, all of them, and says the purge is complete.
+    async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted>;
 
     async fn is_purged(&self, user_id: UserId) -> StoreResult<bool>;
 

@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use super::{BatchDeleted, EntryStore, MAX_BATCH, StoreError, StoreResult};
 use crate::domain::{
-    Cursor, DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
-    SortOrder, UserId, Weight, WeightUnit,
+    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
+    UserId, Weight, WeightUnit,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/entries/postgres");
@@ -400,68 +400,25 @@ impl EntryStore for PostgresEntryStore {
         tx.commit().await.map_err(StoreError::from_sqlx)
     }
 
-    async fn delete_entries_batch(
-        &self,
-        user_id: UserId,
-        limit: u32,
-        after: Option<Cursor>,
-    ) -> StoreResult<BatchDeleted> {
-        // One statement, so one round trip and its own transaction. Rows are
-        // picked in index order after `after` and deleted by physical address
-        // (a TID scan), so the plan cannot turn into a scan of the whole
-        // table, and a purge walks the index once. Without a tombstone
-        // nothing is deleted (the UPDATE finds no row).
-        const FROM_START: &str = "user_id = $1";
-        const AFTER_CURSOR: &str = "user_id = $1 AND (recorded_on, create_time, id) > ($3, $4, $5)";
-        let sql = format!(
-            "WITH doomed AS (
-                DELETE FROM entries
-                WHERE ctid = ANY (ARRAY(
-                        SELECT ctid FROM entries WHERE {}
-                        ORDER BY recorded_on, create_time, id LIMIT $2))
-                  AND EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)
-                RETURNING recorded_on, create_time, id),
-             last AS (
-                SELECT recorded_on, create_time, id FROM doomed
-                ORDER BY recorded_on DESC, create_time DESC, id DESC LIMIT 1)
-             UPDATE purged_users SET deleted_count = deleted_count + (SELECT count(*) FROM doomed)
-             WHERE user_id = $1
-             RETURNING (SELECT count(*) FROM doomed), deleted_count,
-                       (SELECT recorded_on FROM last), (SELECT create_time FROM last), (SELECT id FROM last)",
-            if after.is_some() { AFTER_CURSOR } else { FROM_START }
-        );
-        type Row = (
-            i64,
-            i64,
-            Option<NaiveDate>,
-            Option<DateTime<Utc>>,
-            Option<Uuid>,
-        );
-        let mut query = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql))
+    async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted> {
+        // The batch is the function `purge_entries_batch` (migration 0004),
+        // whose header explains its two ways of deleting.
+        let (deleted, total, complete) =
+            sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<bool>)>(
+                "SELECT deleted, total, complete FROM purge_entries_batch($1, $2)",
+            )
             .bind(user_id.0)
-            .bind(i64::from(limit));
-        if let Some(cursor) = after {
-            query = query
-                .bind(cursor.recorded_on)
-                .bind(heft_service::time::from_micros(cursor.create_time_micros))
-                .bind(cursor.id.0);
-        }
-        let (deleted, total, day, created, id) = query
-            .fetch_optional(&self.pool)
+            .bind(i64::from(limit))
+            .fetch_one(&self.pool)
             .await
-            .map_err(StoreError::from_sqlx)?
-            .ok_or(StoreError::NotPurged)?;
+            .map_err(StoreError::from_sqlx)?;
+        let (Some(deleted), Some(total), Some(complete)) = (deleted, total, complete) else {
+            return Err(StoreError::NotPurged);
+        };
         Ok(BatchDeleted {
             deleted: u64::try_from(deleted).unwrap_or(0),
             total: u64::try_from(total).unwrap_or(0),
-            last: match (day, created, id) {
-                (Some(recorded_on), Some(created), Some(id)) => Some(Cursor {
-                    recorded_on,
-                    create_time_micros: created.timestamp_micros(),
-                    id: EntryId(id),
-                }),
-                _ => None,
-            },
+            complete,
         })
     }
 

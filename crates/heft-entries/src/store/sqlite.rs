@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::{BatchDeleted, EntryStore, MAX_BATCH, StoreError, StoreResult};
 use crate::domain::{
-    Cursor, DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
-    SortOrder, UserId, Weight, WeightUnit,
+    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
+    UserId, Weight, WeightUnit,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/entries/sqlite");
@@ -306,14 +306,9 @@ impl EntryStore for SqliteEntryStore {
         tx.commit().await.map_err(StoreError::from_sqlx)
     }
 
-    async fn delete_entries_batch(
-        &self,
-        user_id: UserId,
-        limit: u32,
-        // SQLite removes deleted rows from its indexes at once: every batch
-        // starts at the first live one anyway.
-        _after: Option<Cursor>,
-    ) -> StoreResult<BatchDeleted> {
+    async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted> {
+        // SQLite has one writer at a time, and removes deleted rows from its
+        // indexes at once: a batch short of `limit` left nothing behind.
         let mut tx = self.write_transaction().await?;
         let deleted = sqlx::query(
             "DELETE FROM entries WHERE rowid IN (SELECT rowid FROM entries WHERE user_id = $1 LIMIT $2)",
@@ -338,7 +333,7 @@ impl EntryStore for SqliteEntryStore {
         Ok(BatchDeleted {
             deleted,
             total: u64::try_from(total).unwrap_or(0),
-            last: None,
+            complete: deleted < u64::from(limit),
         })
     }
 
