@@ -32,6 +32,7 @@ use rand::Rng;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use stack::{API_TOKEN, Sampler, Stack, Usage};
 use tonic::{metadata::MetadataValue, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
 const PASSWORD: &str = "correct horse battery";
@@ -426,6 +427,51 @@ async fn main() -> anyhow::Result<()> {
             .await
         };
         report.ratio("GetEntry", &heft, &floor, "≥ 0.6", Some(0.6));
+
+        // The gRPC round trip alone, through the same server stack and
+        // connections with no database behind it: what a call costs before
+        // its statement, and so the ceiling of every ratio above.
+        let health: Vec<HealthClient<Channel>> =
+            Stack::channels(stack.entries.addr, args.connections)
+                .await?
+                .into_iter()
+                .map(HealthClient::new)
+                .collect();
+        let alone = closed_loop(c, warmup, duration, move |worker, _| {
+            let mut client = health[worker % health.len()].clone();
+            async move {
+                client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            }
+        })
+        .await;
+        let ceiling = alone.rps() / (alone.rps() + floor.rps());
+        report.rows.push(Row {
+            measure: "gRPC round trip alone (Health/Check, no database)".into(),
+            heft: format!(
+                "{:.0} rps (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
+                alone.rps(),
+                alone.percentile_ms(50.0),
+                alone.percentile_ms(99.0),
+                alone.errors
+            ),
+            floor: "–".into(),
+            ratio: None,
+            target: "—",
+            met: None,
+        });
+        report.details.push(format!(
+            "GetEntry's ceiling on this machine: were a call the gRPC round trip plus the bare \
+             statement, each at its own measured cost on the same cores, the ratio would be \
+             {ceiling:.2} (gRPC {:.0} rps, statement {:.0} rps)",
+            alone.rps(),
+            floor.rps()
+        ));
     }
 
     if args.runs(Phase::List) {

@@ -1,6 +1,8 @@
 //! Database plumbing both services share: connecting and migrating, the
 //! classification of driver errors, and the shared signing key.
 
+pub mod warm;
+
 use std::time::Duration;
 
 use sqlx::{

@@ -16,9 +16,12 @@
 //!   the tombstone in a statement after the lock is held, so under READ
 //!   COMMITTED it sees a purge that committed while it waited.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use futures::{StreamExt, stream::BoxStream};
+use futures::{FutureExt, StreamExt, stream::BoxStream};
+use heft_service::db::warm::WarmConnections;
 use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
@@ -39,12 +42,19 @@ macro_rules! entry_columns {
 #[derive(Debug, Clone)]
 pub struct PostgresEntryStore {
     pool: PgPool,
+    /// Connections for the hot single statements (create, get, list).
+    warm: Arc<WarmConnections>,
 }
+
+/// Connections kept warm, of the pool's 16: the rest serve transactions.
+const WARM_CONNECTIONS: usize = 8;
 
 impl PostgresEntryStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let pool = heft_service::db::connect_postgres(url, &MIGRATOR).await?;
         Ok(Self {
-            pool: heft_service::db::connect_postgres(url, &MIGRATOR).await?,
+            warm: Arc::new(WarmConnections::new(pool.clone(), WARM_CONNECTIONS)),
+            pool,
         })
     }
 
@@ -159,7 +169,7 @@ impl EntryStore for PostgresEntryStore {
         request_id: Option<IdempotencyKey>,
     ) -> StoreResult<Entry> {
         // One round trip when the user already owns entries and is not purged.
-        let inserted = insert_entry(
+        let insert = insert_entry(
             concat!(
                 "WITH owner AS (
                     SELECT user_id FROM entry_owners WHERE user_id = $2 AND NOT purged FOR SHARE)
@@ -171,10 +181,12 @@ impl EntryStore for PostgresEntryStore {
             ),
             entry,
             request_id,
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        );
+        let inserted = self
+            .warm
+            .run(move |connection| insert.fetch_optional(connection).boxed())
+            .await
+            .map_err(StoreError::from_sqlx)?;
         if let Some(row) = inserted {
             return row.try_into();
         }
@@ -261,17 +273,18 @@ impl EntryStore for PostgresEntryStore {
     }
 
     async fn get_entry(&self, id: EntryId) -> StoreResult<Entry> {
-        sqlx::query_as::<_, EntryRow>(concat!(
+        let select = sqlx::query_as::<_, EntryRow>(concat!(
             "SELECT ",
             entry_columns!(),
             " FROM entries WHERE id = $1"
         ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .ok_or(StoreError::NotFound)?
-        .try_into()
+        .bind(id.0);
+        self.warm
+            .run(move |connection| select.fetch_optional(connection).boxed())
+            .await
+            .map_err(StoreError::from_sqlx)?
+            .ok_or(StoreError::NotFound)?
+            .try_into()
     }
 
     async fn list_entries(&self, query: &ListQuery) -> StoreResult<Vec<Entry>> {
@@ -308,9 +321,11 @@ impl EntryStore for PostgresEntryStore {
             " ORDER BY recorded_on {direction}, create_time {direction}, id {direction} LIMIT "
         ))
         .push_bind(i64::from(query.limit));
-        let rows = sql
-            .build_query_as::<EntryRow>()
-            .fetch_all(&self.pool)
+        let rows = self
+            .warm
+            .run(move |connection| {
+                async move { sql.build_query_as::<EntryRow>().fetch_all(connection).await }.boxed()
+            })
             .await
             .map_err(StoreError::from_sqlx)?;
         into_entries(rows)
