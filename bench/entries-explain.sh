@@ -10,7 +10,7 @@ psql "$URL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
 BENCH_URL="${URL%/*}/$DB"
 q() { psql "$BENCH_URL" -X -q "$@"; }
 
-q -f migrations/entries/postgres/0001_entries.sql
+for migration in migrations/entries/postgres/*.sql; do q -f "$migration"; done
 BIG=00000000-0000-7000-8000-000000000001
 q <<SQL
 INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
@@ -38,18 +38,21 @@ explain "GetEntry" "SELECT $COLS FROM entries WHERE id = (SELECT id FROM entries
 explain "PurgeUserEntries for a user with 1,000 entries" \
   "DELETE FROM entries WHERE user_id = '00000000-0000-7000-8000-000000000500'"
 
-# Purge of the 100,000-entry user: the service's transaction against a bare
-# DELETE of the same rows, three times each, restoring the rows in between.
+# Purge of the 100,000-entry user: one batch of the service's purge (the
+# function `purge_entries_batch`, behind its tombstone) against a bare DELETE
+# of the same rows, three times each, restoring the rows in between.
 q -c "CREATE TABLE big_user AS SELECT * FROM entries WHERE user_id = '$BIG'"
-timed() { # label, sql
+timed() { # label, setup sql, timed sql
   local start end
-  q -c "INSERT INTO entries SELECT * FROM big_user ON CONFLICT DO NOTHING" -c "DELETE FROM purged_users" -c "VACUUM ANALYZE entries"
-  start=$(date +%s%N); q -o /dev/null -c "$2"; end=$(date +%s%N)
+  q -c "INSERT INTO entries SELECT * FROM big_user ON CONFLICT DO NOTHING" -c "DELETE FROM purged_users" \
+    -c "VACUUM ANALYZE entries" -c "$2"
+  start=$(date +%s%N); q -o /dev/null -c "$3"; end=$(date +%s%N)
   echo "$1: $(( (end - start) / 1000000 )) ms"
 }
 for round in 1 2 3; do
-  timed "bare DELETE of 100,000 rows  (round $round)" "DELETE FROM entries WHERE user_id = '$BIG'"
-  timed "purge transaction, 100,000   (round $round)" \
-    "BEGIN; SELECT pg_advisory_xact_lock(42); INSERT INTO purged_users VALUES ('$BIG', now()) ON CONFLICT DO NOTHING; DELETE FROM entries WHERE user_id = '$BIG'; COMMIT;"
+  timed "bare DELETE of 100,000 rows      (round $round)" "SELECT 1" "DELETE FROM entries WHERE user_id = '$BIG'"
+  timed "purge_entries_batch, 100,000     (round $round)" \
+    "INSERT INTO purged_users (user_id, purged_at) VALUES ('$BIG', now())" \
+    "SELECT * FROM purge_entries_batch('$BIG', 100000)"
 done
 psql "$URL" -qc "DROP DATABASE $DB WITH (FORCE)"
