@@ -29,7 +29,7 @@ use heft_proto::{
 };
 use load::{Measured, closed_loop};
 use rand::Rng;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
 use stack::{API_TOKEN, Sampler, Stack, Usage};
 use tonic::{metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -313,15 +313,30 @@ impl Report {
     }
 }
 
-/// The floor's connections: one per worker, and no ping before each
-/// statement (as pgbench), so that the floor is the statement alone.
-async fn raw_pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
+/// Connections for the bench's own statements (seeding the bare DELETEs).
+async fn raw_pool(url: &str, size: u32) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
-        .test_before_acquire(false)
-        .max_connections(u32::try_from(size).unwrap_or(u32::MAX))
-        .min_connections(u32::try_from(size).unwrap_or(u32::MAX))
+        .max_connections(size)
         .connect(url)
         .await?)
+}
+
+/// The floor's connections: one per worker, held for the whole phase, as
+/// pgbench's clients: no pool, no ping, the statement alone.
+struct FloorConnections(Vec<tokio::sync::Mutex<PgConnection>>);
+
+impl FloorConnections {
+    async fn connect(url: &str, workers: usize) -> anyhow::Result<Self> {
+        let mut connections = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            connections.push(tokio::sync::Mutex::new(PgConnection::connect(url).await?));
+        }
+        Ok(Self(connections))
+    }
+
+    async fn connection(&self, worker: usize) -> tokio::sync::MutexGuard<'_, PgConnection> {
+        self.0[worker % self.0.len()].lock().await
+    }
 }
 
 /// Times of argon2id hashes at heft's default parameters, in this process:
@@ -392,7 +407,8 @@ async fn main() -> anyhow::Result<()> {
         seeded.users.len(),
         seeding.elapsed().as_secs_f64()
     ));
-    let raw = raw_pool(&stack.entries_url, c).await?;
+    let raw = raw_pool(&stack.entries_url, 2).await?;
+    let floor_db = Arc::new(FloorConnections::connect(&stack.entries_url, c).await?);
 
     // heft-users after the login phases: at full load, and idle after it.
     let (mut login_rss_mib, mut idle_users_mib) = (None, None);
@@ -419,9 +435,9 @@ async fn main() -> anyhow::Result<()> {
         };
         usage.push(("GetEntry".into(), sampler.finish().await));
         let floor = {
-            let (raw, seeded) = (raw.clone(), seeded.clone());
-            closed_loop(c, warmup, duration, move |_, _| {
-                let (raw, seeded) = (raw.clone(), seeded.clone());
+            let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
+            closed_loop(c, warmup, duration, move |worker, _| {
+                let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
                 async move {
                     let id: Uuid = seeded.any_entry().parse().map_err(failed)?;
                     sqlx::query_as::<_, EntryRow>(
@@ -429,7 +445,7 @@ async fn main() -> anyhow::Result<()> {
                          FROM entries WHERE id = $1",
                     )
                     .bind(id)
-                    .fetch_optional(&raw)
+                    .fetch_optional(&mut *floor_db.connection(worker).await)
                     .await
                     .map(drop)
                     .map_err(failed)
@@ -503,9 +519,9 @@ async fn main() -> anyhow::Result<()> {
         };
         usage.push(("ListEntries".into(), sampler.finish().await));
         let floor = {
-            let (raw, seeded) = (raw.clone(), seeded.clone());
-            closed_loop(c, warmup, duration, move |_, _| {
-                let (raw, seeded) = (raw.clone(), seeded.clone());
+            let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
+            closed_loop(c, warmup, duration, move |worker, _| {
+                let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
                 async move {
                     let user: Uuid = seeded.any_user().0.parse().map_err(failed)?;
                     sqlx::query_as::<_, EntryRow>(
@@ -514,7 +530,7 @@ async fn main() -> anyhow::Result<()> {
                          ORDER BY recorded_on, create_time, id LIMIT 101",
                     )
                     .bind(user)
-                    .fetch_all(&raw)
+                    .fetch_all(&mut *floor_db.connection(worker).await)
                     .await
                     .map(drop)
                     .map_err(failed)
@@ -560,9 +576,9 @@ async fn main() -> anyhow::Result<()> {
         };
         usage.push(("CreateEntry".into(), sampler.finish().await));
         let floor = {
-            let (raw, seeded) = (raw.clone(), seeded.clone());
-            closed_loop(c, warmup, duration, move |_, i| {
-                let (raw, seeded) = (raw.clone(), seeded.clone());
+            let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
+            closed_loop(c, warmup, duration, move |worker, i| {
+                let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
                 async move {
                     let user: Uuid = seeded.any_user()
                         .0
@@ -579,7 +595,7 @@ async fn main() -> anyhow::Result<()> {
                     .bind(NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default() + chrono::Days::new(i % 9_000))
                     .bind(Uuid::new_v4())
                     .bind(now)
-                    .execute(&raw)
+                    .execute(&mut *floor_db.connection(worker).await)
                     .await
                     .map(drop)
                     .map_err(failed)
@@ -618,9 +634,9 @@ async fn main() -> anyhow::Result<()> {
         };
         usage.push(("BatchCreateEntries".into(), sampler.finish().await));
         let floor = {
-            let (raw, seeded) = (raw.clone(), seeded.clone());
+            let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
             closed_loop(batch_workers, warmup, duration, move |worker, _| {
-                let (raw, seeded) = (raw.clone(), seeded.clone());
+                let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
                 async move {
                     let user: Uuid = seeded.users[worker % seeded.users.len()].0.parse().map_err(failed)?;
                     let ids: Vec<Uuid> = (0..1_000).map(|_| Uuid::now_v7()).collect();
@@ -637,7 +653,7 @@ async fn main() -> anyhow::Result<()> {
                     .bind(user)
                     .bind(&values)
                     .bind(&days)
-                    .execute(&raw)
+                    .execute(&mut *floor_db.connection(worker).await)
                     .await
                     .map(drop)
                     .map_err(failed)
