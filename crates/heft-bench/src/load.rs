@@ -22,6 +22,17 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// Adds another run of the same load.
+    pub fn merge(&mut self, other: Measured) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        let _ = self.latency.add(&other.latency);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
     /// Successful calls per second: a refusal is not throughput.
     pub fn rps(&self) -> f64 {
         (self.requests - self.errors) as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -50,6 +61,43 @@ where
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     paced_loop(concurrency, warmup, duration, Duration::ZERO, call).await
+}
+
+/// Slices of a load and of its floor, taken in turns, so that a slow spell
+/// of a shared machine weighs on both alike.
+const SLICES: u32 = 5;
+
+/// Runs `load` and `floor` as [`closed_loop`]s in turns, [`SLICES`] slices
+/// of `duration / SLICES` each; the first slice of each warms up for
+/// `warmup`, later ones for a tenth of a slice.
+pub async fn alternate<L, LFut, F, FFut>(
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    load: L,
+    floor: F,
+) -> (Measured, Measured)
+where
+    L: Fn(usize, u64) -> LFut + Clone + Send + Sync + 'static,
+    LFut: Future<Output = Result<(), String>> + Send + 'static,
+    F: Fn(usize, u64) -> FFut + Clone + Send + Sync + 'static,
+    FFut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let slice = duration / SLICES;
+    let mut measured: Option<(Measured, Measured)> = None;
+    for round in 0..SLICES {
+        let settle = if round == 0 { warmup } else { slice / 10 };
+        let of_load = closed_loop(concurrency, settle, slice, load.clone()).await;
+        let of_floor = closed_loop(concurrency, settle, slice, floor.clone()).await;
+        match measured.as_mut() {
+            None => measured = Some((of_load, of_floor)),
+            Some((load_so_far, floor_so_far)) => {
+                load_so_far.merge(of_load);
+                floor_so_far.merge(of_floor);
+            }
+        }
+    }
+    measured.unwrap_or_else(|| unreachable!("SLICES is not zero"))
 }
 
 /// [`closed_loop`] where each worker starts a call at most every `pace`
