@@ -313,6 +313,19 @@ impl Report {
     }
 }
 
+/// `call` with its own clone of `state` per call, so that each call's
+/// future owns what it uses.
+fn per_call<S, F, Fut>(
+    state: S,
+    call: F,
+) -> impl Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, usize, u64) -> Fut + Clone + Send + Sync + 'static,
+{
+    move |worker, iteration| call(state.clone(), worker, iteration)
+}
+
 /// Connections for the bench's own statements (seeding the bare DELETEs).
 async fn raw_pool(url: &str, size: u32) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
@@ -417,39 +430,33 @@ async fn main() -> anyhow::Result<()> {
         // GetEntry against SELECT by primary key.
         eprintln!("phase: GetEntry");
         let sampler = Sampler::start(&pids);
-        let heft_call = {
-            let (clients, seeded) = (clients.clone(), seeded.clone());
-            move |worker: usize, _: u64| {
-                let (clients, seeded) = (clients.clone(), seeded.clone());
-                async move {
-                    let id = seeded.any_entry().to_owned();
-                    clients
-                        .entries(worker)
-                        .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
-                        .await
-                        .map(drop)
-                        .map_err(failed)
-                }
-            }
-        };
-        let floor_call = {
-            let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
-            move |worker: usize, _: u64| {
-                let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
-                async move {
-                    let id: Uuid = seeded.any_entry().parse().map_err(failed)?;
-                    sqlx::query_as::<_, EntryRow>(
-                        "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
-                         FROM entries WHERE id = $1",
-                    )
-                    .bind(id)
-                    .fetch_optional(&mut *floor_db.connection(worker).await)
+        let heft_call = per_call(
+            (clients.clone(), seeded.clone()),
+            |(clients, seeded), worker, _| async move {
+                let id = seeded.any_entry().to_owned();
+                clients
+                    .entries(worker)
+                    .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
                     .await
                     .map(drop)
                     .map_err(failed)
-                }
-            }
-        };
+            },
+        );
+        let floor_call = per_call(
+            (floor_db.clone(), seeded.clone()),
+            |(floor_db, seeded), worker, _| async move {
+                let id: Uuid = seeded.any_entry().parse().map_err(failed)?;
+                sqlx::query_as::<_, EntryRow>(
+                    "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
+                         FROM entries WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *floor_db.connection(worker).await)
+                .await
+                .map(drop)
+                .map_err(failed)
+            },
+        );
         let (heft, floor) = alternate(c, warmup, duration, heft_call, floor_call).await;
         usage.push(("GetEntry".into(), sampler.finish().await));
         report.ratio("GetEntry", &heft, &floor, "≥ 0.6", Some(0.6));
@@ -496,44 +503,38 @@ async fn main() -> anyhow::Result<()> {
         // ListEntries (a page of 100) against the keyset SELECT it runs.
         eprintln!("phase: ListEntries");
         let sampler = Sampler::start(&pids);
-        let heft_call = {
-            let (clients, seeded) = (clients.clone(), seeded.clone());
-            move |worker: usize, _: u64| {
-                let (clients, seeded) = (clients.clone(), seeded.clone());
-                async move {
-                    let user = seeded.any_user().0.clone();
-                    clients
-                        .entries(worker)
-                        .list_entries(clients.request(entries_pb::ListEntriesRequest {
-                            user_id: user,
-                            page_size: 100,
-                            ..Default::default()
-                        }))
-                        .await
-                        .map(drop)
-                        .map_err(failed)
-                }
-            }
-        };
-        let floor_call = {
-            let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
-            move |worker: usize, _: u64| {
-                let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
-                async move {
-                    let user: Uuid = seeded.any_user().0.parse().map_err(failed)?;
-                    sqlx::query_as::<_, EntryRow>(
-                        "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
-                         FROM entries WHERE user_id = $1
-                         ORDER BY recorded_on, create_time, id LIMIT 101",
-                    )
-                    .bind(user)
-                    .fetch_all(&mut *floor_db.connection(worker).await)
+        let heft_call = per_call(
+            (clients.clone(), seeded.clone()),
+            |(clients, seeded), worker, _| async move {
+                let user = seeded.any_user().0.clone();
+                clients
+                    .entries(worker)
+                    .list_entries(clients.request(entries_pb::ListEntriesRequest {
+                        user_id: user,
+                        page_size: 100,
+                        ..Default::default()
+                    }))
                     .await
                     .map(drop)
                     .map_err(failed)
-                }
-            }
-        };
+            },
+        );
+        let floor_call = per_call(
+            (floor_db.clone(), seeded.clone()),
+            |(floor_db, seeded), worker, _| async move {
+                let user: Uuid = seeded.any_user().0.parse().map_err(failed)?;
+                sqlx::query_as::<_, EntryRow>(
+                    "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
+                         FROM entries WHERE user_id = $1
+                         ORDER BY recorded_on, create_time, id LIMIT 101",
+                )
+                .bind(user)
+                .fetch_all(&mut *floor_db.connection(worker).await)
+                .await
+                .map(drop)
+                .map_err(failed)
+            },
+        );
         let (heft, floor) = alternate(c, warmup, duration, heft_call, floor_call).await;
         usage.push(("ListEntries".into(), sampler.finish().await));
         report.ratio(
@@ -549,36 +550,31 @@ async fn main() -> anyhow::Result<()> {
         // CreateEntry (with a request id) against the INSERT of the same row.
         eprintln!("phase: CreateEntry");
         let sampler = Sampler::start(&pids);
-        let heft_call = {
-            let (clients, seeded) = (clients.clone(), seeded.clone());
-            move |worker: usize, i: u64| {
-                let (clients, seeded) = (clients.clone(), seeded.clone());
-                async move {
-                    let user = seeded.any_user().0.clone();
-                    let entry = new_entry(i as usize);
-                    clients
-                        .entries(worker)
-                        .create_entry(clients.request(entries_pb::CreateEntryRequest {
-                            user_id: user,
-                            weight: entry.weight,
-                            recorded_on: entry.recorded_on,
-                            note: "morning".into(),
-                            request_id: Uuid::new_v4().to_string(),
-                        }))
-                        .await
-                        .map(drop)
-                        .map_err(failed)
-                }
-            }
-        };
-        let floor_call = {
-            let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
-            move |worker: usize, i: u64| {
-                let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
-                async move {
-                    let user: Uuid = seeded.any_user().0.parse().map_err(failed)?;
-                    let now = Utc::now();
-                    sqlx::query(
+        let heft_call = per_call(
+            (clients.clone(), seeded.clone()),
+            |(clients, seeded), worker, i| async move {
+                let user = seeded.any_user().0.clone();
+                let entry = new_entry(i as usize);
+                clients
+                    .entries(worker)
+                    .create_entry(clients.request(entries_pb::CreateEntryRequest {
+                        user_id: user,
+                        weight: entry.weight,
+                        recorded_on: entry.recorded_on,
+                        note: "morning".into(),
+                        request_id: Uuid::new_v4().to_string(),
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            },
+        );
+        let floor_call = per_call(
+            (floor_db.clone(), seeded.clone()),
+            |(floor_db, seeded), worker, i| async move {
+                let user: Uuid = seeded.any_user().0.parse().map_err(failed)?;
+                let now = Utc::now();
+                sqlx::query(
                         "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
                          VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)",
                     )
@@ -592,9 +588,8 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .map(drop)
                     .map_err(failed)
-                }
-            }
-        };
+            },
+        );
         let (heft, floor) = alternate(c, warmup, duration, heft_call, floor_call).await;
         usage.push(("CreateEntry".into(), sampler.finish().await));
         report.ratio("CreateEntry", &heft, &floor, "≥ 0.6", Some(0.6));
@@ -605,46 +600,39 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("phase: BatchCreateEntries");
         let batch_workers = c.min(8);
         let sampler = Sampler::start(&pids);
-        let heft_call = {
-            let (clients, seeded) = (clients.clone(), seeded.clone());
-            move |worker: usize, _: u64| {
-                let (clients, seeded) = (clients.clone(), seeded.clone());
-                async move {
-                    let user = seeded.users[worker % seeded.users.len()].0.clone();
-                    clients
-                        .entries(worker)
-                        .batch_create_entries(clients.request(
-                            entries_pb::BatchCreateEntriesRequest {
-                                user_id: user,
-                                entries: (0..1_000).map(new_entry).collect(),
-                            },
-                        ))
-                        .await
-                        .map(drop)
-                        .map_err(failed)
-                }
-            }
-        };
-        let floor_call = {
-            let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
-            move |worker: usize, _: u64| {
-                let (floor_db, seeded) = (floor_db.clone(), seeded.clone());
-                async move {
-                    let user: Uuid = seeded.users[worker % seeded.users.len()]
-                        .0
-                        .parse()
-                        .map_err(failed)?;
-                    let ids: Vec<Uuid> = (0..1_000).map(|_| Uuid::now_v7()).collect();
-                    let values: Vec<f64> = (0..1_000)
-                        .map(|i| 60.0 + f64::from(i % 400) / 10.0)
-                        .collect();
-                    let days: Vec<NaiveDate> = (0..1_000u64)
-                        .map(|i| {
-                            NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default()
-                                + chrono::Days::new(i)
-                        })
-                        .collect();
-                    sqlx::query(
+        let heft_call = per_call(
+            (clients.clone(), seeded.clone()),
+            |(clients, seeded), worker, _| async move {
+                let user = seeded.users[worker % seeded.users.len()].0.clone();
+                clients
+                    .entries(worker)
+                    .batch_create_entries(clients.request(entries_pb::BatchCreateEntriesRequest {
+                        user_id: user,
+                        entries: (0..1_000).map(new_entry).collect(),
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            },
+        );
+        let floor_call = per_call(
+            (floor_db.clone(), seeded.clone()),
+            |(floor_db, seeded), worker, _| async move {
+                let user: Uuid = seeded.users[worker % seeded.users.len()]
+                    .0
+                    .parse()
+                    .map_err(failed)?;
+                let ids: Vec<Uuid> = (0..1_000).map(|_| Uuid::now_v7()).collect();
+                let values: Vec<f64> = (0..1_000)
+                    .map(|i| 60.0 + f64::from(i % 400) / 10.0)
+                    .collect();
+                let days: Vec<NaiveDate> = (0..1_000u64)
+                    .map(|i| {
+                        NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default()
+                            + chrono::Days::new(i)
+                    })
+                    .collect();
+                sqlx::query(
                         "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
                          SELECT id, $2, value, 1, recorded_on, '', now(), now()
                          FROM UNNEST($1::uuid[], $3::float8[], $4::date[]) AS batch (id, value, recorded_on)",
@@ -657,9 +645,8 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .map(drop)
                     .map_err(failed)
-                }
-            }
-        };
+            },
+        );
         let (heft, floor) = alternate(batch_workers, warmup, duration, heft_call, floor_call).await;
         usage.push(("BatchCreateEntries".into(), sampler.finish().await));
         report.ratio("BatchCreateEntries (1,000 each)", &heft, &floor, "—", None);
@@ -680,51 +667,36 @@ async fn main() -> anyhow::Result<()> {
         // slot per core and four waiting per slot): more are refused at once by
         // design, which measures the refusal, not the hashing.
         let login_workers = c.min(5 * cores);
-        let login = {
-            let (clients, seeded) = (clients.clone(), seeded.clone());
-            Arc::new(move |worker: usize, _: u64| {
-                let (clients, seeded) = (clients.clone(), seeded.clone());
-                async move {
-                    let email = seeded.any_user().1.clone();
-                    clients
-                        .users(worker)
-                        .authenticate(clients.request(users_pb::AuthenticateRequest {
-                            email,
-                            password: PASSWORD.into(),
-                        }))
-                        .await
-                        .map(drop)
-                        .map_err(failed)
-                }
-            })
-        };
+        let login = per_call(
+            (clients.clone(), seeded.clone()),
+            |(clients, seeded), worker, _| async move {
+                let email = seeded.any_user().1.clone();
+                clients
+                    .users(worker)
+                    .authenticate(clients.request(users_pb::AuthenticateRequest {
+                        email,
+                        password: PASSWORD.into(),
+                    }))
+                    .await
+                    .map(drop)
+                    .map_err(failed)
+            },
+        );
         // Throughput first, alone; then GetUser beside the same login load at a
         // steady pace (two callers, a call each per 10 ms), for its p99.
         let sampler = Sampler::start(&pids);
-        let logins = {
-            let login = login.clone();
-            closed_loop(login_workers, warmup, duration, move |worker, i| {
-                login(worker, i)
-            })
-            .await
-        };
+        let logins = closed_loop(login_workers, warmup, duration, login.clone()).await;
         usage.push(("Authenticate".into(), sampler.finish().await));
         let sampler = Sampler::start(&pids);
-        let background = {
-            let login = login.clone();
-            tokio::spawn(closed_loop(
-                login_workers,
-                warmup,
-                duration,
-                move |worker, i| login(worker, i),
-            ))
-        };
-        let lookups = {
-            let (clients, seeded) = (clients.clone(), seeded.clone());
-            let pace = Duration::from_millis(10);
-            load::paced_loop(2, warmup, duration, pace, move |worker, _| {
-                let (clients, seeded) = (clients.clone(), seeded.clone());
-                async move {
+        let background = tokio::spawn(closed_loop(login_workers, warmup, duration, login));
+        let lookups = load::paced_loop(
+            2,
+            warmup,
+            duration,
+            Duration::from_millis(10),
+            per_call(
+                (clients.clone(), seeded.clone()),
+                |(clients, seeded), worker, _| async move {
                     let id = seeded.any_user().0.clone();
                     clients
                         .users(worker)
@@ -732,10 +704,10 @@ async fn main() -> anyhow::Result<()> {
                         .await
                         .map(drop)
                         .map_err(failed)
-                }
-            })
-            .await
-        };
+                },
+            ),
+        )
+        .await;
         let background = background.await?;
         let usage_under_logins = sampler.finish().await;
         login_rss_mib = Some(usage_under_logins[0].max_rss_mib);

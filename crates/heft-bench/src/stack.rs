@@ -79,7 +79,7 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     anyhow::bail!(
-        "{name} not found next to {}: build the workspace first (cargo build --release)",
+        "{name} not found next to {}: build the workspace first (cargo build --release --workspace)",
         exe.display()
     )
 }
