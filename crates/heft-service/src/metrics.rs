@@ -34,13 +34,13 @@ const UNKNOWN_METHOD: &str = "unknown";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
-    method: String,
+    method: Arc<str>,
     code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
-    method: String,
+    method: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,7 +55,9 @@ fn duration_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    known_methods: HashSet<String>,
+    /// Shared label values: recording a call allocates nothing.
+    known_methods: HashSet<Arc<str>>,
+    unknown_method: Arc<str>,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
     pool_connections: Family<StateLabels, Gauge>,
@@ -101,6 +103,7 @@ impl Metrics {
                 "grpc.reflection.v1.ServerReflection",
                 "grpc.reflection.v1alpha.ServerReflection",
             ]),
+            unknown_method: Arc::from(UNKNOWN_METHOD),
             rpc_requests,
             rpc_duration,
             pool_connections,
@@ -115,20 +118,19 @@ impl Metrics {
     /// Records one finished call.
     pub fn record_rpc(&self, path: &str, code: tonic::Code, elapsed: Duration) {
         let method = path.strip_prefix('/').unwrap_or(path);
-        let method = if self.known_methods.contains(method) {
-            method
-        } else {
-            UNKNOWN_METHOD
-        };
+        let method = self
+            .known_methods
+            .get(method)
+            .unwrap_or(&self.unknown_method);
         self.rpc_requests
             .get_or_create(&RpcLabels {
-                method: method.to_owned(),
+                method: method.clone(),
                 code: crate::peer::code_name(code),
             })
             .inc();
         self.rpc_duration
             .get_or_create(&MethodLabels {
-                method: method.to_owned(),
+                method: method.clone(),
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -157,7 +159,7 @@ pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every `package.Service/Method` of the named services, from the descriptor
 /// sets heft serves by reflection.
-fn methods_of(services: &[&str]) -> HashSet<String> {
+fn methods_of(services: &[&str]) -> HashSet<Arc<str>> {
     let sets = [
         heft_proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -175,7 +177,8 @@ fn methods_of(services: &[&str]) -> HashSet<String> {
                 let name = format!("{package}.{}", service.name.unwrap_or_default());
                 if services.contains(&name.as_str()) {
                     for method in service.method {
-                        methods.insert(format!("{name}/{}", method.name.unwrap_or_default()));
+                        let method = format!("{name}/{}", method.name.unwrap_or_default());
+                        methods.insert(Arc::from(method));
                     }
                 }
             }

@@ -111,7 +111,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
 
         let request_id = RequestId::from_header(request.headers().get(REQUEST_ID_HEADER));
-        let method = request.uri().path().to_owned();
+        // A clone of the URI shares its bytes: no copy of the path per call.
+        let uri = request.uri().clone();
+        let method = uri.path();
         let span = tracing::info_span!("rpc", %method, request_id = %request_id.0);
         let response_id = HeaderValue::from_str(&request_id.0).ok();
 
@@ -150,7 +152,7 @@ where
                     .unwrap_or(0);
                 let elapsed = started.elapsed();
                 let code = tonic::Code::from_i32(grpc_status);
-                metrics.record_rpc(&method, code, elapsed);
+                metrics.record_rpc(uri.path(), code, elapsed);
                 tracing::info!(
                     grpc_code = ?code,
                     elapsed_ms = elapsed.as_secs_f64() * 1000.0,
