@@ -19,7 +19,51 @@ pub struct Measured {
     /// Latencies in microseconds.
     pub latency: Histogram<u64>,
     pub first_error: Option<String>,
+    /// CPU the machine spent while the calls were measured.
+    pub cpu: CpuSplit,
 }
+
+/// CPU seconds of each process a call passes through.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSplit {
+    /// heft-bench itself: the gRPC client, or the floor's SQL client.
+    pub client: f64,
+    /// The heft service under load.
+    pub service: f64,
+    /// Every PostgreSQL process.
+    pub database: f64,
+}
+
+impl CpuSplit {
+    pub fn total(&self) -> f64 {
+        self.client + self.service + self.database
+    }
+}
+
+impl std::ops::Add for CpuSplit {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        Self {
+            client: self.client + other.client,
+            service: self.service + other.service,
+            database: self.database + other.database,
+        }
+    }
+}
+
+impl std::ops::Sub for CpuSplit {
+    type Output = Self;
+    fn sub(self, other: Self) -> Self {
+        Self {
+            client: self.client - other.client,
+            service: self.service - other.service,
+            database: self.database - other.database,
+        }
+    }
+}
+
+/// Reads the CPU used so far by the client, the service and the database.
+pub type CpuProbe = Arc<dyn Fn() -> CpuSplit + Send + Sync>;
 
 impl Measured {
     /// Adds another run of the same load.
@@ -27,6 +71,7 @@ impl Measured {
         self.requests += other.requests;
         self.errors += other.errors;
         self.elapsed += other.elapsed;
+        self.cpu = self.cpu + other.cpu;
         let _ = self.latency.add(&other.latency);
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -41,6 +86,21 @@ impl Measured {
     pub fn percentile_ms(&self, percentile: f64) -> f64 {
         self.latency.value_at_percentile(percentile) as f64 / 1000.0
     }
+
+    /// CPU microseconds per call, by process.
+    pub fn cpu_per_call_us(&self) -> CpuSplit {
+        let per_call = 1e6 / (self.requests.max(1) as f64);
+        CpuSplit {
+            client: self.cpu.client * per_call,
+            service: self.cpu.service * per_call,
+            database: self.cpu.database * per_call,
+        }
+    }
+
+    /// Cores the three processes kept busy on average.
+    pub fn cores_busy(&self) -> f64 {
+        self.cpu.total() / self.elapsed.as_secs_f64().max(1e-9)
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -54,13 +114,14 @@ pub async fn closed_loop<F, Fut>(
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
+    probe: &CpuProbe,
     call: F,
 ) -> Measured
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
-    paced_loop(concurrency, warmup, duration, Duration::ZERO, call).await
+    paced_loop(concurrency, warmup, duration, Duration::ZERO, probe, call).await
 }
 
 /// Slices of a load and of its floor, taken in turns, so that a slow spell
@@ -74,6 +135,7 @@ pub async fn alternate<L, LFut, F, FFut>(
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
+    probe: &CpuProbe,
     load: L,
     floor: F,
 ) -> (Measured, Measured)
@@ -87,8 +149,8 @@ where
     let mut measured: Option<(Measured, Measured)> = None;
     for round in 0..SLICES {
         let settle = if round == 0 { warmup } else { slice / 10 };
-        let of_load = closed_loop(concurrency, settle, slice, load.clone()).await;
-        let of_floor = closed_loop(concurrency, settle, slice, floor.clone()).await;
+        let of_load = closed_loop(concurrency, settle, slice, probe, load.clone()).await;
+        let of_floor = closed_loop(concurrency, settle, slice, probe, floor.clone()).await;
         match measured.as_mut() {
             None => measured = Some((of_load, of_floor)),
             Some((load_so_far, floor_so_far)) => {
@@ -107,6 +169,7 @@ pub async fn paced_loop<F, Fut>(
     warmup: Duration,
     duration: Duration,
     pace: Duration,
+    probe: &CpuProbe,
     call: F,
 ) -> Measured
 where
@@ -153,12 +216,15 @@ where
             })
         })
         .collect();
+    tokio::time::sleep_until(measuring_from.into()).await;
+    let cpu_before = probe();
     let mut measured = Measured {
         requests: 0,
         errors: 0,
         elapsed: duration,
         latency: histogram(),
         first_error: None,
+        cpu: CpuSplit::default(),
     };
     for worker in workers {
         if let Ok((requests, errors, latency, first_error)) = worker.await {
@@ -172,5 +238,6 @@ where
     }
     // The last calls may end after the deadline: count the real span.
     measured.elapsed = Instant::now().saturating_duration_since(measuring_from);
+    measured.cpu = probe() - cpu_before;
     measured
 }

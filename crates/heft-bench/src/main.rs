@@ -27,9 +27,12 @@ use heft_proto::{
     google::r#type::Date,
     users::v1::{self as users_pb, user_service_client::UserServiceClient},
 };
-use load::{Measured, alternate, closed_loop};
+use load::{CpuProbe, Measured, alternate, closed_loop};
 use rand::Rng;
-use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    Connection, PgConnection, PgPool, Row as _,
+    postgres::{PgPoolOptions, PgRow},
+};
 use stack::{API_TOKEN, Sampler, Stack, Usage};
 use tonic::{metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -269,8 +272,16 @@ struct Row {
     met: Option<bool>,
 }
 
+/// Where one call's CPU went, for heft and for its floor.
+struct CpuRow {
+    measure: String,
+    heft: Measured,
+    floor: Option<Measured>,
+}
+
 struct Report {
     rows: Vec<Row>,
+    cpu: Vec<CpuRow>,
     details: Vec<String>,
 }
 
@@ -310,6 +321,11 @@ impl Report {
                     .push(format!("{measure} ({what}): first error: {error}"));
             }
         }
+        self.cpu.push(CpuRow {
+            measure: measure.to_owned(),
+            heft: heft.clone(),
+            floor: Some(raw.clone()),
+        });
     }
 }
 
@@ -402,8 +418,17 @@ async fn main() -> anyhow::Result<()> {
         token: format!("Bearer {API_TOKEN}").parse()?,
     };
     let pids = [stack.users.pid(), stack.entries.pid()];
+    let entries_cpu: CpuProbe = {
+        let pid = stack.entries.pid();
+        Arc::new(move || stack::cpu_split(pid))
+    };
+    let users_cpu: CpuProbe = {
+        let pid = stack.users.pid();
+        Arc::new(move || stack::cpu_split(pid))
+    };
     let mut report = Report {
         rows: Vec::new(),
+        cpu: Vec::new(),
         details: Vec::new(),
     };
     let mut usage: Vec<(String, Vec<Usage>)> = Vec::new();
@@ -457,7 +482,8 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(failed)
             },
         );
-        let (heft, floor) = alternate(c, warmup, duration, heft_call, floor_call).await;
+        let (heft, floor) =
+            alternate(c, warmup, duration, &entries_cpu, heft_call, floor_call).await;
         usage.push(("GetEntry".into(), sampler.finish().await));
         report.ratio("GetEntry", &heft, &floor, "≥ 0.6", Some(0.6));
 
@@ -470,7 +496,7 @@ async fn main() -> anyhow::Result<()> {
                 .into_iter()
                 .map(HealthClient::new)
                 .collect();
-        let alone = closed_loop(c, warmup, duration, move |worker, _| {
+        let alone = closed_loop(c, warmup, duration, &entries_cpu, move |worker, _| {
             let mut client = health[worker % health.len()].clone();
             async move {
                 client
@@ -483,6 +509,11 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await;
+        report.cpu.push(CpuRow {
+            measure: "Health/Check (no database)".into(),
+            heft: alone.clone(),
+            floor: None,
+        });
         report.rows.push(Row {
             measure: "gRPC round trip alone (Health/Check, no database)".into(),
             heft: format!(
@@ -535,7 +566,8 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(failed)
             },
         );
-        let (heft, floor) = alternate(c, warmup, duration, heft_call, floor_call).await;
+        let (heft, floor) =
+            alternate(c, warmup, duration, &entries_cpu, heft_call, floor_call).await;
         usage.push(("ListEntries".into(), sampler.finish().await));
         report.ratio(
             "ListEntries (page of 100)",
@@ -590,7 +622,8 @@ async fn main() -> anyhow::Result<()> {
                     .map_err(failed)
             },
         );
-        let (heft, floor) = alternate(c, warmup, duration, heft_call, floor_call).await;
+        let (heft, floor) =
+            alternate(c, warmup, duration, &entries_cpu, heft_call, floor_call).await;
         usage.push(("CreateEntry".into(), sampler.finish().await));
         report.ratio("CreateEntry", &heft, &floor, "≥ 0.6", Some(0.6));
     }
@@ -647,7 +680,15 @@ async fn main() -> anyhow::Result<()> {
                     .map_err(failed)
             },
         );
-        let (heft, floor) = alternate(batch_workers, warmup, duration, heft_call, floor_call).await;
+        let (heft, floor) = alternate(
+            batch_workers,
+            warmup,
+            duration,
+            &entries_cpu,
+            heft_call,
+            floor_call,
+        )
+        .await;
         usage.push(("BatchCreateEntries".into(), sampler.finish().await));
         report.ratio("BatchCreateEntries (1,000 each)", &heft, &floor, "—", None);
     }
@@ -685,15 +726,21 @@ async fn main() -> anyhow::Result<()> {
         // Throughput first, alone; then GetUser beside the same login load at a
         // steady pace (two callers, a call each per 10 ms), for its p99.
         let sampler = Sampler::start(&pids);
-        let logins = closed_loop(login_workers, warmup, duration, login.clone()).await;
+        let logins = closed_loop(login_workers, warmup, duration, &users_cpu, login.clone()).await;
         usage.push(("Authenticate".into(), sampler.finish().await));
         let sampler = Sampler::start(&pids);
-        let background = tokio::spawn(closed_loop(login_workers, warmup, duration, login));
+        let background = {
+            let users_cpu = users_cpu.clone();
+            tokio::spawn(async move {
+                closed_loop(login_workers, warmup, duration, &users_cpu, login).await
+            })
+        };
         let lookups = load::paced_loop(
             2,
             warmup,
             duration,
             Duration::from_millis(10),
+            &users_cpu,
             per_call(
                 (clients.clone(), seeded.clone()),
                 |(clients, seeded), worker, _| async move {
@@ -876,7 +923,7 @@ fn mib(value: Option<f64>) -> String {
     value.map_or("not measured".to_owned(), |mib| format!("{mib:.0} MiB"))
 }
 
-#[derive(sqlx::FromRow)]
+/// The floor decodes its rows as heft-entries does: every column, by position.
 #[allow(dead_code)]
 struct EntryRow {
     id: Uuid,
@@ -887,6 +934,21 @@ struct EntryRow {
     note: String,
     create_time: chrono::DateTime<Utc>,
     update_time: chrono::DateTime<Utc>,
+}
+
+impl sqlx::FromRow<'_, PgRow> for EntryRow {
+    fn from_row(row: &PgRow) -> sqlx::Result<Self> {
+        Ok(Self {
+            id: row.try_get(0)?,
+            user_id: row.try_get(1)?,
+            value: row.try_get(2)?,
+            unit: row.try_get(3)?,
+            recorded_on: row.try_get(4)?,
+            note: row.try_get(5)?,
+            create_time: row.try_get(6)?,
+            update_time: row.try_get(7)?,
+        })
+    }
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -979,6 +1041,50 @@ fn render(args: &Args, report: &Report, usage: &[(String, Vec<Usage>)], postgres
                 None => "–",
             }
         );
+    }
+    if !report.cpu.is_empty() {
+        let _ = writeln!(text, "\n## CPU per call\n");
+        let _ = writeln!(
+            text,
+            "Microseconds of CPU per call in each process while the calls were measured \
+             (heft-bench is the client: tonic for heft, sqlx for the floor; PostgreSQL is \
+             every server process), and how many of the {} cores they kept busy together. \
+             A ratio below 1 is what heft spends beyond its floor on a machine that the \
+             client, the service and the database share.\n",
+            std::thread::available_parallelism().map_or(0, usize::from)
+        );
+        let _ = writeln!(
+            text,
+            "| call | heft: client | heft-entries | PostgreSQL | all | cores busy | \
+             floor: client | PostgreSQL | all | cores busy |"
+        );
+        let _ = writeln!(text, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for row in &report.cpu {
+            let heft = row.heft.cpu_per_call_us();
+            let floor = match &row.floor {
+                Some(floor) => {
+                    let split = floor.cpu_per_call_us();
+                    format!(
+                        "{:.0} µs | {:.0} µs | {:.0} µs | {:.2}",
+                        split.client,
+                        split.database,
+                        split.total(),
+                        floor.cores_busy()
+                    )
+                }
+                None => "– | – | – | –".into(),
+            };
+            let _ = writeln!(
+                text,
+                "| {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {floor} |",
+                row.measure,
+                heft.client,
+                heft.service,
+                heft.database,
+                heft.total(),
+                row.heft.cores_busy()
+            );
+        }
     }
     let _ = writeln!(text, "\n## Resources per phase\n");
     let _ = writeln!(

@@ -16,6 +16,8 @@ use anyhow::Context;
 use sqlx::{Connection, PgConnection};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::load::CpuSplit;
+
 pub const API_TOKEN: &str = "bench-api-token";
 const INTERNAL_TOKEN: &str = "bench-internal-token";
 
@@ -253,6 +255,32 @@ fn cpu_ticks(pid: u32) -> u64 {
             Some(utime + stime)
         })
         .unwrap_or(0)
+}
+
+/// CPU used so far by this process (the client), the service with `pid`
+/// and every PostgreSQL process on the machine.
+pub fn cpu_split(service_pid: u32) -> CpuSplit {
+    CpuSplit {
+        client: cpu_ticks(std::process::id()) as f64 / 100.0,
+        service: cpu_ticks(service_pid) as f64 / 100.0,
+        database: postgres_cpu_ticks() as f64 / 100.0,
+    }
+}
+
+/// The server's processes are all named `postgres` (the postmaster and one
+/// per connection, plus its background workers).
+fn postgres_cpu_ticks() -> u64 {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    processes
+        .filter_map(Result::ok)
+        .filter_map(|process| {
+            let pid: u32 = process.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim_end() == "postgres").then(|| cpu_ticks(pid))
+        })
+        .sum()
 }
 
 impl Sampler {
