@@ -85,6 +85,7 @@ backend_tests!(
     updates_and_deletes_single_entries,
     purge_deletes_everything_and_leaves_a_tombstone,
     a_purge_cut_short_keeps_its_batches_and_resumes,
+    a_purge_deletes_an_entry_moved_behind_its_batches,
     odd_notes_read_back_alike_on_both_backends,
     entry_owners_page_through_every_user_once,
     no_entry_survives_writers_racing_a_purge,
@@ -436,6 +437,56 @@ async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {
     // Nothing left: an empty batch is complete, and the total stays.
     let batch = store.delete_entries_batch(user, 10).await.expect("batch");
     assert_eq!((batch.deleted, batch.total, batch.complete), (0, 25, true));
+    assert!(
+        list_all(store.as_ref(), user, SortOrder::Ascending, 100)
+            .await
+            .is_empty()
+    );
+}
+
+/// Batches may walk the user's entries in order; an update that moves an
+/// entry behind where they have got to must not let it survive the purge.
+async fn a_purge_deletes_an_entry_moved_behind_its_batches(db: TestDatabase) {
+    let store = open(&db).await;
+    let user = new_user();
+    let entries: Vec<_> = (0..25)
+        .map(|i| entry(user, day(i + 10), 80.0, WeightUnit::Kilograms))
+        .collect();
+    store.create_entries(user, &entries).await.expect("batch");
+    // The tombstone alone (a deadline already passed), then two batches.
+    purge::purge_user(
+        store.as_ref(),
+        user,
+        time::now(),
+        10,
+        std::time::Instant::now(),
+    )
+    .await
+    .expect("purge");
+    for _ in 0..2 {
+        let batch = store.delete_entries_batch(user, 10).await.expect("batch");
+        assert!(!batch.complete, "{batch:?}");
+    }
+    let left = list_all(store.as_ref(), user, SortOrder::Ascending, 100).await;
+    assert_eq!(left.len(), 5);
+
+    // The last entry left moves before every day the batches have passed.
+    let moved = left.last().expect("an entry is left").id;
+    let patch = EntryPatch {
+        recorded_on: Some(RecordedOn::from_stored(day(0))),
+        ..EntryPatch::default()
+    };
+    store
+        .update_entry(moved, &patch, time::now())
+        .await
+        .expect("update");
+
+    let rest = purge_all(store.as_ref(), user).await;
+    assert_eq!((rest.deleted, rest.total), (5, 25));
+    assert!(matches!(
+        store.get_entry(moved).await,
+        Err(StoreError::NotFound)
+    ));
     assert!(
         list_all(store.as_ref(), user, SortOrder::Ascending, 100)
             .await

@@ -434,8 +434,8 @@ impl EntryStore for PostgresEntryStore {
     }
 
     async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted> {
-        // The batch is the function `purge_entries_batch` (migration 0004),
-        // whose header explains its two ways of deleting.
+        // The batch is the function `purge_entries_batch` (migrations 0004
+        // and 0005, whose headers explain how it deletes).
         let (deleted, total, complete) =
             sqlx::query_as::<_, (Option<i64>, Option<i64>, Option<bool>)>(
                 "SELECT deleted, total, complete FROM purge_entries_batch($1, $2)",
