@@ -108,3 +108,55 @@ async fn no_more_are_kept_than_asked_and_the_pool_keeps_the_rest() {
         .await
         .expect("in the transaction");
 }
+
+#[tokio::test]
+#[ignore = "PostgreSQL: set HEFT_TEST_POSTGRES_URL, run with -- --include-ignored"]
+async fn statements_beyond_their_number_wait_their_turn_and_leave_the_pool_free() {
+    let db = TestDatabase::postgres().await;
+    let pool = pool(&db, 4).await;
+    let warm = WarmConnections::new(pool.clone(), 2);
+    // Ten times as many statements as turns, all at once.
+    let statements = futures::future::join_all((0..20).map(|_| {
+        warm.run(|connection| {
+            async move {
+                sqlx::query("SELECT pg_sleep(0.05)")
+                    .execute(&mut *connection)
+                    .await?;
+                sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+                    .fetch_one(&mut *connection)
+                    .await
+            }
+            .boxed()
+        })
+    }));
+    // Meanwhile a transaction finds a connection in the pool at once.
+    let transaction = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut tx = tokio::time::timeout(Duration::from_millis(500), pool.begin())
+            .await
+            .expect("a connection for a transaction while statements wait")
+            .expect("begin");
+        sqlx::query("SELECT 1")
+            .execute(&mut *tx)
+            .await
+            .expect("in the transaction");
+    };
+    let (pids, ()) = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::future::join(statements, transaction),
+    )
+    .await
+    .expect("every statement had its turn");
+    let mut backends: Vec<i32> = pids
+        .into_iter()
+        .map(|pid| pid.expect("statement"))
+        .collect();
+    backends.sort_unstable();
+    backends.dedup();
+    assert_eq!(
+        backends.len(),
+        2,
+        "statements ran on other than their two warm connections"
+    );
+    assert_eq!(warm.warm(), 2);
+}

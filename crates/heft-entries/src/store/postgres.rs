@@ -46,8 +46,9 @@ pub struct PostgresEntryStore {
     warm: Arc<WarmConnections>,
 }
 
-/// Connections kept warm, of the pool's 16: the rest serve transactions.
-const WARM_CONNECTIONS: usize = 8;
+/// Hot statements at once, each on a connection kept warm, of the pool's 16:
+/// the rest serve transactions.
+const WARM_CONNECTIONS: usize = 12;
 
 impl PostgresEntryStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {

@@ -6,9 +6,16 @@
 //! entries service's CPU on GetEntry (docs/BENCHMARKS.md). A statement that
 //! ran to completion cannot have left it so: its connection is kept warm
 //! here for the next statement. A connection whose statement failed or was
-//! abandoned midway goes back the sqlx way, to be checked. Few are kept, so
-//! that transactions still find connections in the pool, and none that
-//! idled for long, so that a restarted database is noticed as before.
+//! abandoned midway goes back the sqlx way, to be checked. None that idled
+//! for long is used, so that a restarted database is noticed as before.
+//!
+//! At most `keep` statements run here at once, each on a warm connection or
+//! one from the pool; the others wait their turn here (in order), not in the
+//! pool's queue. So every connection a statement finishes with can stay
+//! warm, and the rest of the pool stays free for transactions. (Waiting in
+//! the pool's queue too, as this did, kept connections warm and idle while
+//! statements waited for the pool, which got one back, and pinged it, only
+//! once more than `keep` were warm.)
 
 use std::{
     fmt,
@@ -18,6 +25,7 @@ use std::{
 
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
+use tokio::sync::Semaphore;
 
 /// A warm connection idle longer than this goes back to the pool (where
 /// sqlx checks it) instead of serving another statement.
@@ -26,6 +34,8 @@ const WARM_FOR: Duration = Duration::from_secs(5);
 pub struct WarmConnections {
     pool: PgPool,
     idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    /// A turn for each statement that may run at once.
+    turns: Semaphore,
     keep: usize,
 }
 
@@ -38,11 +48,13 @@ impl fmt::Debug for WarmConnections {
 }
 
 impl WarmConnections {
-    /// Keeps at most `keep` connections of `pool` warm.
+    /// Runs at most `keep` statements at once, and keeps their connections
+    /// (of `pool`) warm.
     pub fn new(pool: PgPool, keep: usize) -> Self {
         Self {
             pool,
             idle: Mutex::new(Vec::with_capacity(keep)),
+            turns: Semaphore::new(keep),
             keep,
         }
     }
@@ -53,6 +65,8 @@ impl WarmConnections {
         &self,
         statement: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
+        // Never closed, so the turn always comes.
+        let _turn = self.turns.acquire().await;
         let mut connection = match self.take() {
             Some(connection) => connection,
             None => self.pool.acquire().await?,
