@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Flamegraphs of heft-entries under the benchmark's GetEntry and CreateEntry
-# phases (perf at 999 Hz for 8 s of each, DWARF call graphs).
+# Flamegraphs of heft-entries under the benchmark's GetEntry, ListEntries and
+# CreateEntry phases (perf at 999 Hz for 8 s of each, DWARF call graphs).
 # Needs perf (Debian: linux-perf) and inferno (cargo install inferno), and
 # the release build: cargo build --release --workspace
 # Usage: bench/profile.sh [out-dir]   (default docs/profiles; the folded
@@ -11,7 +11,7 @@ OUT=${1:-docs/profiles}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 LOG=$WORK/bench.log
-target/release/heft-bench --phases get,create --entries 300000 --duration-secs 12 --report - \
+target/release/heft-bench --phases get,list,create --entries 300000 --duration-secs 12 --report - \
   >/dev/null 2>"$LOG" &
 BENCH=$!
 
@@ -30,14 +30,15 @@ record() { # phase, file stem
   perf record -q -F 999 --call-graph dwarf,16384 -p "$pid" -o "$WORK/$2.data" -- sleep 8
 }
 
-# Both recordings first: turning one into stacks outlasts the next phase.
+# The recordings first: turning one into stacks outlasts the next phase.
 record GetEntry get-entry
+record ListEntries list-entries
 record CreateEntry create-entry
 wait "$BENCH"
-for stem in get-entry create-entry; do
+for stem in get-entry list-entries create-entry; do
   perf script -i "$WORK/$stem.data" 2>/dev/null | inferno-collapse-perf >"$WORK/$stem.folded"
   inferno-flamegraph --minwidth 1.5 --title "heft-entries, ${stem} under heft-bench" \
     <"$WORK/$stem.folded" >"$OUT/$stem.svg"
   rm "$WORK/$stem.data"
 done
-echo "wrote $OUT/get-entry.svg and $OUT/create-entry.svg; folded stacks in $WORK"
+echo "wrote $OUT/{get-entry,list-entries,create-entry}.svg; folded stacks in $WORK"
