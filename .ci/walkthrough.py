@@ -39,6 +39,28 @@ def wait_for_port(port, timeout=60):
     sys.exit(f"nothing listens on port {port}")
 
 
+def wait_until_free(ports, timeout=30):
+    """The test step's last processes (whose ports come from the ephemeral
+    range, where 50051 and 50052 lie) may still be closing: wait for them
+    rather than fail on a port they hold for a moment longer."""
+    deadline = time.time() + timeout
+    while True:
+        busy = []
+        for port in ports:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    busy.append(port)
+        if not busy or time.time() >= deadline:
+            if busy:
+                print(f"ports still in use, starting anyway: {busy}", flush=True)
+                subprocess.run(["ss", "-tanp"], check=False)
+            return
+        time.sleep(0.5)
+
+
 def main():
     heft, grpcurl = sys.argv[1], sys.argv[2]
     workdir = tempfile.mkdtemp(prefix="heft-walkthrough-")
@@ -47,6 +69,7 @@ def main():
     for var in [v for v in env if v.startswith("HEFT_")]:
         if var != "HEFT_LOG":
             del env[var]
+    wait_until_free([50051, 50052, 9051, 9052])
     services = subprocess.Popen([os.path.abspath(heft)], cwd=workdir, env=env)
     try:
         wait_for_port(50051)
