@@ -8,6 +8,7 @@
 //! `docs/BENCHMARKS.md`.
 #![forbid(unsafe_code)]
 
+mod bare;
 mod load;
 mod stack;
 
@@ -81,6 +82,12 @@ struct Args {
     /// Only these phases (for profiling one path); a partial run writes no report.
     #[arg(long, value_enum, value_delimiter = ',')]
     phases: Vec<Phase>,
+    /// Serve the bare reference server on this database instead (the bench
+    /// starts it so, beside heft-entries).
+    #[arg(long, hide = true)]
+    serve_bare: Option<String>,
+    #[arg(long, hide = true, default_value = "127.0.0.1:0")]
+    bare_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,6 +128,16 @@ impl Args {
             Duration::from_secs(self.duration_secs),
         )
     }
+}
+
+const BARE_GET: &str = "GetEntry on a bare tonic + sqlx server (for scale)";
+const BARE_LIST: &str = "ListEntries on a bare tonic + sqlx server (for scale)";
+
+/// The bare reference server (`bare`) and clients of it.
+struct Bare {
+    clients: Clients,
+    cpu: CpuProbe,
+    _server: stack::Service,
 }
 
 /// The generated clients over a few shared connections, with the token.
@@ -400,6 +417,9 @@ fn hash_times(threads: usize, each: usize) -> Vec<Duration> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse().tuned();
+    if let Some(database_url) = &args.serve_bare {
+        return bare::serve(database_url, args.bare_listen).await;
+    }
     let (warmup, duration) = args.phase();
     let c = args.concurrency;
     eprintln!("starting both services on fresh PostgreSQL databases");
@@ -447,6 +467,27 @@ async fn main() -> anyhow::Result<()> {
     ));
     let raw = raw_pool(&stack.entries_url, 2).await?;
     let floor_db = Arc::new(FloorConnections::connect(&stack.entries_url, c).await?);
+    // For scale: GetEntry and ListEntries on the least a gRPC service over
+    // the same table can do, against the same floor.
+    let bare = if args.runs(Phase::Get) || args.runs(Phase::List) {
+        let server = stack.start_bare().await?;
+        let pid = server.pid();
+        Some(Bare {
+            clients: Clients {
+                users: Vec::new(),
+                entries: Stack::channels(server.addr, args.connections)
+                    .await?
+                    .into_iter()
+                    .map(EntryServiceClient::new)
+                    .collect(),
+                token: clients.token.clone(),
+            },
+            cpu: Arc::new(move || stack::cpu_split(pid)),
+            _server: server,
+        })
+    } else {
+        None
+    };
 
     // heft-users after the login phases: at full load, and idle after it.
     let (mut login_rss_mib, mut idle_users_mib) = (None, None);
@@ -455,18 +496,21 @@ async fn main() -> anyhow::Result<()> {
         // GetEntry against SELECT by primary key.
         eprintln!("phase: GetEntry");
         let sampler = Sampler::start(&pids);
-        let heft_call = per_call(
-            (clients.clone(), seeded.clone()),
-            |(clients, seeded), worker, _| async move {
-                let id = seeded.any_entry().to_owned();
-                clients
-                    .entries(worker)
-                    .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
-                    .await
-                    .map(drop)
-                    .map_err(failed)
-            },
-        );
+        let get_through = |clients: &Clients| {
+            per_call(
+                (clients.clone(), seeded.clone()),
+                |(clients, seeded), worker, _| async move {
+                    let id = seeded.any_entry().to_owned();
+                    clients
+                        .entries(worker)
+                        .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
+                        .await
+                        .map(drop)
+                        .map_err(failed)
+                },
+            )
+        };
+        let heft_call = get_through(&clients);
         let floor_call = per_call(
             (floor_db.clone(), seeded.clone()),
             |(floor_db, seeded), worker, _| async move {
@@ -482,10 +526,29 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(failed)
             },
         );
-        let (heft, floor) =
-            alternate(c, warmup, duration, &entries_cpu, heft_call, floor_call).await;
+        let (heft, floor) = alternate(
+            c,
+            warmup,
+            duration,
+            &entries_cpu,
+            heft_call,
+            floor_call.clone(),
+        )
+        .await;
         usage.push(("GetEntry".into(), sampler.finish().await));
         report.ratio("GetEntry", &heft, &floor, "≥ 0.6", Some(0.6));
+        if let Some(bare) = &bare {
+            let (of_bare, floor) = alternate(
+                c,
+                warmup,
+                duration,
+                &bare.cpu,
+                get_through(&bare.clients),
+                floor_call,
+            )
+            .await;
+            report.ratio(BARE_GET, &of_bare, &floor, "—", None);
+        }
 
         // The gRPC round trip alone, through the same server stack and
         // connections with no database behind it: for scale, what a call
@@ -534,22 +597,25 @@ async fn main() -> anyhow::Result<()> {
         // ListEntries (a page of 100) against the keyset SELECT it runs.
         eprintln!("phase: ListEntries");
         let sampler = Sampler::start(&pids);
-        let heft_call = per_call(
-            (clients.clone(), seeded.clone()),
-            |(clients, seeded), worker, _| async move {
-                let user = seeded.any_user().0.clone();
-                clients
-                    .entries(worker)
-                    .list_entries(clients.request(entries_pb::ListEntriesRequest {
-                        user_id: user,
-                        page_size: 100,
-                        ..Default::default()
-                    }))
-                    .await
-                    .map(drop)
-                    .map_err(failed)
-            },
-        );
+        let list_through = |clients: &Clients| {
+            per_call(
+                (clients.clone(), seeded.clone()),
+                |(clients, seeded), worker, _| async move {
+                    let user = seeded.any_user().0.clone();
+                    clients
+                        .entries(worker)
+                        .list_entries(clients.request(entries_pb::ListEntriesRequest {
+                            user_id: user,
+                            page_size: 100,
+                            ..Default::default()
+                        }))
+                        .await
+                        .map(drop)
+                        .map_err(failed)
+                },
+            )
+        };
+        let heft_call = list_through(&clients);
         let floor_call = per_call(
             (floor_db.clone(), seeded.clone()),
             |(floor_db, seeded), worker, _| async move {
@@ -566,8 +632,15 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(failed)
             },
         );
-        let (heft, floor) =
-            alternate(c, warmup, duration, &entries_cpu, heft_call, floor_call).await;
+        let (heft, floor) = alternate(
+            c,
+            warmup,
+            duration,
+            &entries_cpu,
+            heft_call,
+            floor_call.clone(),
+        )
+        .await;
         usage.push(("ListEntries".into(), sampler.finish().await));
         report.ratio(
             "ListEntries (page of 100)",
@@ -576,6 +649,18 @@ async fn main() -> anyhow::Result<()> {
             "≥ 0.6",
             Some(0.6),
         );
+        if let Some(bare) = &bare {
+            let (of_bare, floor) = alternate(
+                c,
+                warmup,
+                duration,
+                &bare.cpu,
+                list_through(&bare.clients),
+                floor_call,
+            )
+            .await;
+            report.ratio(BARE_LIST, &of_bare, &floor, "—", None);
+        }
     }
 
     if args.runs(Phase::Create) {
@@ -1047,15 +1132,16 @@ fn render(args: &Args, report: &Report, usage: &[(String, Vec<Usage>)], postgres
         let _ = writeln!(
             text,
             "Microseconds of CPU per call in each process while the calls were measured \
-             (heft-bench is the client: tonic for heft, sqlx for the floor; PostgreSQL is \
-             every server process), and how many of the {} cores they kept busy together. \
+             (heft-bench is the client: tonic for heft, sqlx for the floor; the service is \
+             heft-entries, or the bare server in its rows; PostgreSQL is every server \
+             process), and how many of the {} cores they kept busy together. \
              A ratio below 1 is what heft spends beyond its floor on a machine that the \
              client, the service and the database share.\n",
             std::thread::available_parallelism().map_or(0, usize::from)
         );
         let _ = writeln!(
             text,
-            "| call | heft: client | heft-entries | PostgreSQL | all | cores busy | \
+            "| call | heft: client | service | PostgreSQL | all | cores busy | \
              floor: client | PostgreSQL | all | cores busy |"
         );
         let _ = writeln!(text, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");

@@ -156,6 +156,28 @@ impl Stack {
         Ok(stack)
     }
 
+    /// The bare reference server (`bare`) on heft-entries' database, in a
+    /// process of its own.
+    pub async fn start_bare(&self) -> anyhow::Result<Service> {
+        let addr = free_port()?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("--serve-bare")
+            .arg(&self.entries_url)
+            .arg("--bare-listen")
+            .arg(addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let service = Service { addr, child };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(service);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the bare reference server at {addr} did not start")
+    }
+
     /// `count` HTTP/2 connections to a service.
     pub async fn channels(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Channel>> {
         let mut channels = Vec::new();
