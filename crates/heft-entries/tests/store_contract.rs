@@ -47,6 +47,22 @@ async fn purge_all(store: &dyn EntryStore, user: UserId) -> PurgeProgress {
     progress
 }
 
+/// A purge whose deadline has already passed: it commits the tombstone and
+/// stops before its first batch.
+async fn tombstone_only(store: &dyn EntryStore, user: UserId) -> PurgeProgress {
+    purge::purge_user(store, user, time::now(), 10, std::time::Instant::now())
+        .await
+        .expect("purge")
+}
+
+async fn assert_no_entries_left(store: &dyn EntryStore, user: UserId) {
+    assert!(
+        list_all(store, user, SortOrder::Ascending, 100)
+            .await
+            .is_empty()
+    );
+}
+
 fn new_user() -> UserId {
     UserId(Uuid::now_v7())
 }
@@ -334,11 +350,7 @@ async fn purge_deletes_everything_and_leaves_a_tombstone(db: TestDatabase) {
     let again = purge_all(store.as_ref(), user).await;
     assert_eq!((again.deleted, again.total), (0, 500));
     assert!(store.is_purged(user).await.expect("tombstone"));
-    assert!(
-        list_all(store.as_ref(), user, SortOrder::Ascending, 100)
-            .await
-            .is_empty()
-    );
+    assert_no_entries_left(store.as_ref(), user).await;
     assert_eq!(
         list_all(store.as_ref(), bystander, SortOrder::Ascending, 100)
             .await
@@ -394,15 +406,7 @@ async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {
     ));
 
     // A purge whose deadline has passed commits the tombstone and stops.
-    let cut = purge::purge_user(
-        store.as_ref(),
-        user,
-        time::now(),
-        10,
-        std::time::Instant::now(),
-    )
-    .await
-    .expect("purge");
+    let cut = tombstone_only(store.as_ref(), user).await;
     assert_eq!(
         cut,
         PurgeProgress {
@@ -437,11 +441,7 @@ async fn a_purge_cut_short_keeps_its_batches_and_resumes(db: TestDatabase) {
     // Nothing left: an empty batch is complete, and the total stays.
     let batch = store.delete_entries_batch(user, 10).await.expect("batch");
     assert_eq!((batch.deleted, batch.total, batch.complete), (0, 25, true));
-    assert!(
-        list_all(store.as_ref(), user, SortOrder::Ascending, 100)
-            .await
-            .is_empty()
-    );
+    assert_no_entries_left(store.as_ref(), user).await;
 }
 
 /// Batches may walk the user's entries in order; an update that moves an
@@ -454,15 +454,7 @@ async fn a_purge_deletes_an_entry_moved_behind_its_batches(db: TestDatabase) {
         .collect();
     store.create_entries(user, &entries).await.expect("batch");
     // The tombstone alone (a deadline already passed), then two batches.
-    purge::purge_user(
-        store.as_ref(),
-        user,
-        time::now(),
-        10,
-        std::time::Instant::now(),
-    )
-    .await
-    .expect("purge");
+    tombstone_only(store.as_ref(), user).await;
     for _ in 0..2 {
         let batch = store.delete_entries_batch(user, 10).await.expect("batch");
         assert!(!batch.complete, "{batch:?}");
@@ -487,11 +479,7 @@ async fn a_purge_deletes_an_entry_moved_behind_its_batches(db: TestDatabase) {
         store.get_entry(moved).await,
         Err(StoreError::NotFound)
     ));
-    assert!(
-        list_all(store.as_ref(), user, SortOrder::Ascending, 100)
-            .await
-            .is_empty()
-    );
+    assert_no_entries_left(store.as_ref(), user).await;
 }
 
 async fn entry_owners_page_through_every_user_once(db: TestDatabase) {

@@ -15,6 +15,18 @@ async fn pool(db: &TestDatabase, size: u32) -> sqlx::PgPool {
         .expect("connect")
 }
 
+/// The pool hands out a connection for a transaction within `within`.
+async fn assert_pool_serves_a_transaction(pool: &sqlx::PgPool, within: Duration) {
+    let mut tx = tokio::time::timeout(within, pool.begin())
+        .await
+        .expect("a connection for a transaction")
+        .expect("begin");
+    sqlx::query("SELECT 1")
+        .execute(&mut *tx)
+        .await
+        .expect("in the transaction");
+}
+
 async fn backend_pid(warm: &WarmConnections) -> Result<i32, sqlx::Error> {
     warm.run(|connection| {
         sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -99,14 +111,7 @@ async fn no_more_are_kept_than_asked_and_the_pool_keeps_the_rest() {
     }
     assert_eq!(warm.warm(), 2);
     // The two not kept are back in the pool, free for a transaction.
-    let mut tx = tokio::time::timeout(Duration::from_secs(2), pool.begin())
-        .await
-        .expect("a connection for a transaction")
-        .expect("begin");
-    sqlx::query("SELECT 1")
-        .execute(&mut *tx)
-        .await
-        .expect("in the transaction");
+    assert_pool_serves_a_transaction(&pool, Duration::from_secs(2)).await;
 }
 
 #[tokio::test]
@@ -132,14 +137,7 @@ async fn statements_beyond_their_number_wait_their_turn_and_leave_the_pool_free(
     // Meanwhile a transaction finds a connection in the pool at once.
     let transaction = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut tx = tokio::time::timeout(Duration::from_millis(500), pool.begin())
-            .await
-            .expect("a connection for a transaction while statements wait")
-            .expect("begin");
-        sqlx::query("SELECT 1")
-            .execute(&mut *tx)
-            .await
-            .expect("in the transaction");
+        assert_pool_serves_a_transaction(&pool, Duration::from_millis(500)).await;
     };
     let (pids, ()) = tokio::time::timeout(
         Duration::from_secs(10),
