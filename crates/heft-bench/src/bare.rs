@@ -11,7 +11,6 @@
 
 use std::{net::SocketAddr, sync::Mutex};
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use futures::{FutureExt, future::BoxFuture};
 use heft_proto::{
     common::v1::Weight,
@@ -19,12 +18,14 @@ use heft_proto::{
         self as pb,
         entry_service_server::{EntryService, EntryServiceServer},
     },
-    google::r#type::Date,
 };
+use heft_service::time::to_timestamp;
 use sqlx::{Connection, PgConnection, Row as _, postgres::PgRow};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, transport::Server};
 use uuid::Uuid;
+
+use crate::sample::date_to_proto;
 
 /// Statements at once, each on a connection of its own.
 const CONNECTIONS: usize = 16;
@@ -52,11 +53,38 @@ struct BareEntries {
     turns: Semaphore,
 }
 
+/// Why a call failed, as the status it answers with.
+enum Failure {
+    NotUuid(&'static str),
+    NotFound,
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+impl From<Failure> for Status {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::NotUuid(field) => Status::invalid_argument(format!("{field} is not a UUID")),
+            Failure::NotFound => Status::not_found("no such entry"),
+            Failure::Database(error) => Status::internal(error.to_string()),
+        }
+    }
+}
+
+fn uuid(field: &'static str, text: &str) -> Result<Uuid, Failure> {
+    text.parse().map_err(|_| Failure::NotUuid(field))
+}
+
 impl BareEntries {
     async fn run<T>(
         &self,
         statement: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
-    ) -> Result<T, Status> {
+    ) -> Result<T, Failure> {
         let _turn = self.turns.acquire().await;
         let idle = self
             .connections
@@ -66,67 +94,18 @@ impl BareEntries {
         // None once a cancelled call has dropped its connection.
         let mut connection = match idle {
             Some(connection) => connection,
-            None => PgConnection::connect(&self.database_url)
-                .await
-                .map_err(database)?,
+            None => PgConnection::connect(&self.database_url).await?,
         };
-        let result = statement(&mut connection).await.map_err(database)?;
+        let result = statement(&mut connection).await?;
         self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(connection);
         Ok(result)
     }
-}
 
-fn invalid(field: &str) -> Status {
-    Status::invalid_argument(format!("{field} is not a UUID"))
-}
-
-fn database(error: sqlx::Error) -> Status {
-    Status::internal(error.to_string())
-}
-
-fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: instant.timestamp(),
-        nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-fn entry(row: &PgRow) -> Result<pb::Entry, sqlx::Error> {
-    let recorded_on: NaiveDate = row.try_get(4)?;
-    Ok(pb::Entry {
-        id: row.try_get::<Uuid, _>(0)?.to_string(),
-        user_id: row.try_get::<Uuid, _>(1)?.to_string(),
-        weight: Some(Weight {
-            value: row.try_get(2)?,
-            unit: i32::from(row.try_get::<i16, _>(3)?),
-        }),
-        recorded_on: Some(Date {
-            year: recorded_on.year(),
-            month: recorded_on.month() as i32,
-            day: recorded_on.day() as i32,
-        }),
-        note: row.try_get(5)?,
-        create_time: Some(timestamp(row.try_get(6)?)),
-        update_time: Some(timestamp(row.try_get(7)?)),
-    })
-}
-
-fn only_get_and_list<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(
-        "the bare reference serves GetEntry and ListEntries only",
-    ))
-}
-
-#[tonic::async_trait]
-impl EntryService for BareEntries {
-    async fn get_entry(
-        &self,
-        request: Request<pb::GetEntryRequest>,
-    ) -> Result<Response<pb::Entry>, Status> {
-        let id: Uuid = request.get_ref().id.parse().map_err(|_| invalid("id"))?;
+    async fn get(&self, request: &pb::GetEntryRequest) -> Result<pb::Entry, Failure> {
+        let id = uuid("id", &request.id)?;
         let row = self
             .run(move |connection| {
                 sqlx::query(
@@ -138,16 +117,15 @@ impl EntryService for BareEntries {
                 .boxed()
             })
             .await?
-            .ok_or_else(|| Status::not_found("no such entry"))?;
-        Ok(Response::new(entry(&row).map_err(database)?))
+            .ok_or(Failure::NotFound)?;
+        Ok(entry(&row)?)
     }
 
-    async fn list_entries(
+    async fn list(
         &self,
-        request: Request<pb::ListEntriesRequest>,
-    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
-        let request = request.get_ref();
-        let user: Uuid = request.user_id.parse().map_err(|_| invalid("user_id"))?;
+        request: &pb::ListEntriesRequest,
+    ) -> Result<pb::ListEntriesResponse, Failure> {
+        let user = uuid("user_id", &request.user_id)?;
         let page = request.page_size.clamp(1, 1000);
         // The limit written into the statement, as heft-entries does.
         let select = sqlx::AssertSqlSafe(format!(
@@ -159,57 +137,71 @@ impl EntryService for BareEntries {
         let rows = self
             .run(move |connection| sqlx::query(select).bind(user).fetch_all(connection).boxed())
             .await?;
-        let entries = rows
-            .iter()
-            .take(page as usize)
-            .map(entry)
-            .collect::<Result<_, _>>()
-            .map_err(database)?;
-        Ok(Response::new(pb::ListEntriesResponse {
-            entries,
+        Ok(pb::ListEntriesResponse {
+            entries: rows
+                .iter()
+                .take(page as usize)
+                .map(entry)
+                .collect::<Result<_, _>>()?,
             next_page_token: String::new(),
-        }))
+        })
     }
+}
 
-    async fn create_entry(
-        &self,
-        _: Request<pb::CreateEntryRequest>,
-    ) -> Result<Response<pb::Entry>, Status> {
-        only_get_and_list()
-    }
+fn entry(row: &PgRow) -> Result<pb::Entry, sqlx::Error> {
+    Ok(pb::Entry {
+        id: row.try_get::<Uuid, _>(0)?.to_string(),
+        user_id: row.try_get::<Uuid, _>(1)?.to_string(),
+        weight: Some(Weight {
+            value: row.try_get(2)?,
+            unit: i32::from(row.try_get::<i16, _>(3)?),
+        }),
+        recorded_on: Some(date_to_proto(row.try_get(4)?)),
+        note: row.try_get(5)?,
+        create_time: Some(to_timestamp(row.try_get(6)?)),
+        update_time: Some(to_timestamp(row.try_get(7)?)),
+    })
+}
 
-    async fn batch_create_entries(
-        &self,
-        _: Request<pb::BatchCreateEntriesRequest>,
-    ) -> Result<Response<pb::BatchCreateEntriesResponse>, Status> {
-        only_get_and_list()
-    }
+/// The service: GetEntry and ListEntries, and every other method of the
+/// trait answering UNIMPLEMENTED.
+macro_rules! serve_get_and_list_only {
+    ($($method:ident($request:ident) -> $response:ty;)*) => {
+        #[tonic::async_trait]
+        impl EntryService for BareEntries {
+            async fn get_entry(
+                &self,
+                request: Request<pb::GetEntryRequest>,
+            ) -> Result<Response<pb::Entry>, Status> {
+                Ok(Response::new(self.get(request.get_ref()).await?))
+            }
 
-    async fn update_entry(
-        &self,
-        _: Request<pb::UpdateEntryRequest>,
-    ) -> Result<Response<pb::Entry>, Status> {
-        only_get_and_list()
-    }
+            async fn list_entries(
+                &self,
+                request: Request<pb::ListEntriesRequest>,
+            ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+                Ok(Response::new(self.list(request.get_ref()).await?))
+            }
 
-    async fn delete_entry(
-        &self,
-        _: Request<pb::DeleteEntryRequest>,
-    ) -> Result<Response<()>, Status> {
-        only_get_and_list()
-    }
+            $(
+                async fn $method(
+                    &self,
+                    _: Request<pb::$request>,
+                ) -> Result<Response<$response>, Status> {
+                    Err(Status::unimplemented(
+                        "the bare reference serves GetEntry and ListEntries only",
+                    ))
+                }
+            )*
+        }
+    };
+}
 
-    async fn summarize_entries(
-        &self,
-        _: Request<pb::SummarizeEntriesRequest>,
-    ) -> Result<Response<pb::SummarizeEntriesResponse>, Status> {
-        only_get_and_list()
-    }
-
-    async fn purge_user_entries(
-        &self,
-        _: Request<pb::PurgeUserEntriesRequest>,
-    ) -> Result<Response<pb::PurgeUserEntriesResponse>, Status> {
-        only_get_and_list()
-    }
+serve_get_and_list_only! {
+    create_entry(CreateEntryRequest) -> pb::Entry;
+    batch_create_entries(BatchCreateEntriesRequest) -> pb::BatchCreateEntriesResponse;
+    update_entry(UpdateEntryRequest) -> pb::Entry;
+    delete_entry(DeleteEntryRequest) -> ();
+    summarize_entries(SummarizeEntriesRequest) -> pb::SummarizeEntriesResponse;
+    purge_user_entries(PurgeUserEntriesRequest) -> pb::PurgeUserEntriesResponse;
 }

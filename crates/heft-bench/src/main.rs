@@ -10,6 +10,7 @@
 
 mod bare;
 mod load;
+mod sample;
 mod stack;
 
 use std::{
@@ -198,14 +199,10 @@ fn new_entry(i: usize) -> entries_pb::NewEntry {
 }
 
 fn day(i: usize) -> Date {
-    let date = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default()
-        + chrono::Days::new((i % 9_000) as u64);
-    use chrono::Datelike;
-    Date {
-        year: date.year(),
-        month: date.month() as i32,
-        day: date.day() as i32,
-    }
+    sample::date_to_proto(
+        NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default()
+            + chrono::Days::new((i % 9_000) as u64),
+    )
 }
 
 async fn create_user(clients: &Clients, worker: usize) -> anyhow::Result<(String, String)> {
