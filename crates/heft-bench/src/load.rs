@@ -1,4 +1,4 @@
-//! Closed-loop load: `concurrency` workers each issue one call after the
+//! Closed-loop load: a number of workers each issue one call after the
 //! other for a bounded time; latencies after the warm-up go into an HDR
 //! histogram, failures are counted.
 
@@ -66,6 +66,18 @@ impl std::ops::Sub for CpuSplit {
 pub type CpuProbe = Arc<dyn Fn() -> CpuSplit + Send + Sync>;
 
 impl Measured {
+    /// No calls yet.
+    fn nothing() -> Self {
+        Self {
+            requests: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            first_error: None,
+            cpu: CpuSplit::default(),
+        }
+    }
+
     /// Adds another run of the same load.
     pub fn merge(&mut self, other: Measured) {
         self.requests += other.requests;
@@ -108,53 +120,86 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!())
 }
 
-/// Runs `call(worker, iteration)` from `concurrency` workers until
-/// `warmup + duration` has passed; only calls started after the warm-up count.
-pub async fn closed_loop<F, Fut>(
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-    probe: &CpuProbe,
-    call: F,
-) -> Measured
+/// How a load runs: `workers` each issue one call after the other for
+/// `warmup + duration`; only calls started after the warm-up count.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub workers: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// One call of a load, `call(worker, iteration)`; an `Err` counts as a
+/// failure and the first one is kept for the report.
+pub trait Call: Send + Sync + 'static {
+    type Error: std::fmt::Display + Send;
+    fn call(
+        &self,
+        worker: usize,
+        iteration: u64,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static;
+}
+
+impl<F, Fut, E> Call for F
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send,
 {
-    paced_loop(concurrency, warmup, duration, Duration::ZERO, probe, call).await
+    type Error = E;
+    fn call(
+        &self,
+        worker: usize,
+        iteration: u64,
+    ) -> impl Future<Output = Result<(), E>> + Send + 'static {
+        self(worker, iteration)
+    }
+}
+
+/// `call` with its own clone of `state` per call, so that each call's
+/// future owns what it uses.
+pub fn per_call<S, F, Fut, E>(state: S, call: F) -> impl Call + Clone
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send,
+{
+    move |worker, iteration| call(state.clone(), worker, iteration)
+}
+
+/// Runs `call` as `load` says, each worker without pause.
+pub async fn closed_loop(load: Load, probe: &CpuProbe, call: impl Call) -> Measured {
+    paced_loop(load, Duration::ZERO, probe, call).await
 }
 
 /// Slices of a load and of its floor, taken in turns, so that a slow spell
 /// of a shared machine weighs on both alike.
 const SLICES: u32 = 5;
 
-/// Runs `load` and `floor` as [`closed_loop`]s in turns, [`SLICES`] slices
-/// of `duration / SLICES` each; the first slice of each warms up for
-/// `warmup`, later ones for a tenth of a slice.
-pub async fn alternate<L, LFut, F, FFut>(
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
+/// Runs `heft` and `floor` as [`closed_loop`]s in turns, [`SLICES`] slices
+/// of `load.duration / SLICES` each; the first slice of each warms up for
+/// `load.warmup`, later ones for a tenth of a slice.
+pub async fn alternate(
+    load: Load,
     probe: &CpuProbe,
-    load: L,
-    floor: F,
-) -> (Measured, Measured)
-where
-    L: Fn(usize, u64) -> LFut + Clone + Send + Sync + 'static,
-    LFut: Future<Output = Result<(), String>> + Send + 'static,
-    F: Fn(usize, u64) -> FFut + Clone + Send + Sync + 'static,
-    FFut: Future<Output = Result<(), String>> + Send + 'static,
-{
-    let slice = duration / SLICES;
+    heft: impl Call + Clone,
+    floor: impl Call + Clone,
+) -> (Measured, Measured) {
+    let slice = load.duration / SLICES;
     let mut measured: Option<(Measured, Measured)> = None;
     for round in 0..SLICES {
-        let settle = if round == 0 { warmup } else { slice / 10 };
-        let of_load = closed_loop(concurrency, settle, slice, probe, load.clone()).await;
-        let of_floor = closed_loop(concurrency, settle, slice, probe, floor.clone()).await;
+        let turn = Load {
+            warmup: if round == 0 { load.warmup } else { slice / 10 },
+            duration: slice,
+            ..load
+        };
+        let of_heft = closed_loop(turn, probe, heft.clone()).await;
+        let of_floor = closed_loop(turn, probe, floor.clone()).await;
         match measured.as_mut() {
-            None => measured = Some((of_load, of_floor)),
-            Some((load_so_far, floor_so_far)) => {
-                load_so_far.merge(of_load);
+            None => measured = Some((of_heft, of_floor)),
+            Some((heft_so_far, floor_so_far)) => {
+                heft_so_far.merge(of_heft);
                 floor_so_far.merge(of_floor);
             }
         }
@@ -164,76 +209,50 @@ where
 
 /// [`closed_loop`] where each worker starts a call at most every `pace`
 /// (the wait is not part of the measured latency).
-pub async fn paced_loop<F, Fut>(
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-    pace: Duration,
-    probe: &CpuProbe,
-    call: F,
-) -> Measured
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
-{
+pub async fn paced_loop(load: Load, pace: Duration, probe: &CpuProbe, call: impl Call) -> Measured {
     let call = Arc::new(call);
-    let started = Instant::now();
-    let measuring_from = started + warmup;
-    let until = measuring_from + duration;
-    let workers: Vec<_> = (0..concurrency)
+    let measuring_from = Instant::now() + load.warmup;
+    let until = measuring_from + load.duration;
+    let workers: Vec<_> = (0..load.workers)
         .map(|worker| {
             let call = call.clone();
             tokio::spawn(async move {
-                let mut latency = histogram();
-                let (mut requests, mut errors, mut first_error) = (0u64, 0u64, None);
+                let mut measured = Measured::nothing();
                 let mut iteration = 0u64;
                 loop {
                     let begun = Instant::now();
                     if begun >= until {
                         break;
                     }
-                    let result = call(worker, iteration).await;
+                    let result = call.call(worker, iteration).await;
                     let took = begun.elapsed();
                     iteration += 1;
                     tokio::time::sleep(pace.saturating_sub(took)).await;
                     if begun < measuring_from {
                         continue;
                     }
-                    requests += 1;
+                    measured.requests += 1;
                     match result {
                         Ok(()) => {
-                            let micros = took.as_micros();
-                            let _ =
-                                latency.record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
+                            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                            let _ = measured.latency.record(micros.max(1));
                         }
                         Err(error) => {
-                            errors += 1;
-                            first_error.get_or_insert(error);
+                            measured.errors += 1;
+                            measured.first_error.get_or_insert(error.to_string());
                         }
                     }
                 }
-                (requests, errors, latency, first_error)
+                measured
             })
         })
         .collect();
     tokio::time::sleep_until(measuring_from.into()).await;
     let cpu_before = probe();
-    let mut measured = Measured {
-        requests: 0,
-        errors: 0,
-        elapsed: duration,
-        latency: histogram(),
-        first_error: None,
-        cpu: CpuSplit::default(),
-    };
+    let mut measured = Measured::nothing();
     for worker in workers {
-        if let Ok((requests, errors, latency, first_error)) = worker.await {
-            measured.requests += requests;
-            measured.errors += errors;
-            let _ = measured.latency.add(&latency);
-            if measured.first_error.is_none() {
-                measured.first_error = first_error;
-            }
+        if let Ok(of_worker) = worker.await {
+            measured.merge(of_worker);
         }
     }
     // The last calls may end after the deadline: count the real span.

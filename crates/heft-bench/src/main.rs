@@ -29,7 +29,7 @@ use heft_proto::{
     google::r#type::Date,
     users::v1::{self as users_pb, user_service_client::UserServiceClient},
 };
-use load::{CpuProbe, Measured, alternate, closed_loop};
+use load::{CpuProbe, Load, Measured, alternate, closed_loop, paced_loop, per_call};
 use rand::Rng;
 use sqlx::{
     Connection, PgConnection, PgPool, Row as _,
@@ -123,11 +123,13 @@ impl Args {
         self.phases.is_empty() || self.phases.contains(&phase)
     }
 
-    fn phase(&self) -> (Duration, Duration) {
-        (
-            Duration::from_secs(self.warmup_secs),
-            Duration::from_secs(self.duration_secs),
-        )
+    /// A phase's load on `workers` workers.
+    fn load(&self, workers: usize) -> Load {
+        Load {
+            workers,
+            warmup: Duration::from_secs(self.warmup_secs),
+            duration: Duration::from_secs(self.duration_secs),
+        }
     }
 }
 
@@ -343,19 +345,6 @@ impl Report {
     }
 }
 
-/// `call` with its own clone of `state` per call, so that each call's
-/// future owns what it uses.
-fn per_call<S, F, Fut>(
-    state: S,
-    call: F,
-) -> impl Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static
-where
-    S: Clone + Send + Sync + 'static,
-    F: Fn(S, usize, u64) -> Fut + Clone + Send + Sync + 'static,
-{
-    move |worker, iteration| call(state.clone(), worker, iteration)
-}
-
 /// Connections for the bench's own statements (seeding the bare DELETEs).
 async fn raw_pool(url: &str, size: u32) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
@@ -417,7 +406,6 @@ async fn main() -> anyhow::Result<()> {
     if let Some(database_url) = &args.serve_bare {
         return bare::serve(database_url, args.bare_listen).await;
     }
-    let (warmup, duration) = args.phase();
     let c = args.concurrency;
     eprintln!("starting both services on fresh PostgreSQL databases");
     let stack = Stack::start(&args.postgres_url).await?;
@@ -523,22 +511,13 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(failed)
             },
         );
-        let (heft, floor) = alternate(
-            c,
-            warmup,
-            duration,
-            &entries_cpu,
-            heft_call,
-            floor_call.clone(),
-        )
-        .await;
+        let (heft, floor) =
+            alternate(args.load(c), &entries_cpu, heft_call, floor_call.clone()).await;
         usage.push(("GetEntry".into(), sampler.finish().await));
         report.ratio("GetEntry", &heft, &floor, "≥ 0.6", Some(0.6));
         if let Some(bare) = &bare {
             let (of_bare, floor) = alternate(
-                c,
-                warmup,
-                duration,
+                args.load(c),
                 &bare.cpu,
                 get_through(&bare.clients),
                 floor_call,
@@ -556,7 +535,7 @@ async fn main() -> anyhow::Result<()> {
                 .into_iter()
                 .map(HealthClient::new)
                 .collect();
-        let alone = closed_loop(c, warmup, duration, &entries_cpu, move |worker, _| {
+        let alone = closed_loop(args.load(c), &entries_cpu, move |worker: usize, _: u64| {
             let mut client = health[worker % health.len()].clone();
             async move {
                 client
@@ -629,15 +608,8 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(failed)
             },
         );
-        let (heft, floor) = alternate(
-            c,
-            warmup,
-            duration,
-            &entries_cpu,
-            heft_call,
-            floor_call.clone(),
-        )
-        .await;
+        let (heft, floor) =
+            alternate(args.load(c), &entries_cpu, heft_call, floor_call.clone()).await;
         usage.push(("ListEntries".into(), sampler.finish().await));
         report.ratio(
             "ListEntries (page of 100)",
@@ -648,9 +620,7 @@ async fn main() -> anyhow::Result<()> {
         );
         if let Some(bare) = &bare {
             let (of_bare, floor) = alternate(
-                c,
-                warmup,
-                duration,
+                args.load(c),
                 &bare.cpu,
                 list_through(&bare.clients),
                 floor_call,
@@ -704,8 +674,7 @@ async fn main() -> anyhow::Result<()> {
                     .map_err(failed)
             },
         );
-        let (heft, floor) =
-            alternate(c, warmup, duration, &entries_cpu, heft_call, floor_call).await;
+        let (heft, floor) = alternate(args.load(c), &entries_cpu, heft_call, floor_call).await;
         usage.push(("CreateEntry".into(), sampler.finish().await));
         report.ratio("CreateEntry", &heft, &floor, "≥ 0.6", Some(0.6));
     }
@@ -763,9 +732,7 @@ async fn main() -> anyhow::Result<()> {
             },
         );
         let (heft, floor) = alternate(
-            batch_workers,
-            warmup,
-            duration,
+            args.load(batch_workers),
             &entries_cpu,
             heft_call,
             floor_call,
@@ -808,19 +775,16 @@ async fn main() -> anyhow::Result<()> {
         // Throughput first, alone; then GetUser beside the same login load at a
         // steady pace (two callers, a call each per 10 ms), for its p99.
         let sampler = Sampler::start(&pids);
-        let logins = closed_loop(login_workers, warmup, duration, &users_cpu, login.clone()).await;
+        let logins = closed_loop(args.load(login_workers), &users_cpu, login.clone()).await;
         usage.push(("Authenticate".into(), sampler.finish().await));
         let sampler = Sampler::start(&pids);
         let background = {
             let users_cpu = users_cpu.clone();
-            tokio::spawn(async move {
-                closed_loop(login_workers, warmup, duration, &users_cpu, login).await
-            })
+            let logins_at_once = args.load(login_workers);
+            tokio::spawn(async move { closed_loop(logins_at_once, &users_cpu, login).await })
         };
-        let lookups = load::paced_loop(
-            2,
-            warmup,
-            duration,
+        let lookups = paced_loop(
+            args.load(2),
             Duration::from_millis(10),
             &users_cpu,
             per_call(
