@@ -10,11 +10,11 @@
 
 mod bare;
 mod load;
+mod report;
 mod sample;
 mod stack;
 
 use std::{
-    fmt::Write as _,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -29,13 +29,14 @@ use heft_proto::{
     google::r#type::Date,
     users::v1::{self as users_pb, user_service_client::UserServiceClient},
 };
-use load::{CpuProbe, Load, Measured, alternate, closed_loop, paced_loop, per_call};
+use load::{CpuProbe, Load, alternate, closed_loop, paced_loop, per_call};
 use rand::Rng;
+use report::{CpuRow, Report, Row, mib, throughput};
 use sqlx::{
     Connection, PgConnection, PgPool, Row as _,
     postgres::{PgPoolOptions, PgRow},
 };
-use stack::{API_TOKEN, Sampler, Stack, Usage};
+use stack::{API_TOKEN, Sampler, Stack};
 use tonic::{metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
@@ -278,73 +279,6 @@ fn failed(error: impl std::fmt::Display) -> String {
     error.to_string()
 }
 
-/// One row of the report.
-struct Row {
-    measure: String,
-    heft: String,
-    floor: String,
-    ratio: Option<f64>,
-    target: &'static str,
-    met: Option<bool>,
-}
-
-/// Where one call's CPU went, for heft and for its floor.
-struct CpuRow {
-    measure: String,
-    heft: Measured,
-    floor: Option<Measured>,
-}
-
-struct Report {
-    rows: Vec<Row>,
-    cpu: Vec<CpuRow>,
-    details: Vec<String>,
-}
-
-impl Report {
-    fn ratio(
-        &mut self,
-        measure: &str,
-        heft: &Measured,
-        raw: &Measured,
-        target: &'static str,
-        at_least: Option<f64>,
-    ) {
-        let ratio = heft.rps() / raw.rps().max(1e-9);
-        self.rows.push(Row {
-            measure: measure.to_owned(),
-            heft: format!(
-                "{:.0} rps (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
-                heft.rps(),
-                heft.percentile_ms(50.0),
-                heft.percentile_ms(99.0),
-                heft.errors
-            ),
-            floor: format!(
-                "{:.0} rps (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
-                raw.rps(),
-                raw.percentile_ms(50.0),
-                raw.percentile_ms(99.0),
-                raw.errors
-            ),
-            ratio: Some(ratio),
-            target,
-            met: at_least.map(|least| ratio >= least && heft.errors == 0),
-        });
-        for (what, measured) in [("heft", heft), ("raw", raw)] {
-            if let Some(error) = &measured.first_error {
-                self.details
-                    .push(format!("{measure} ({what}): first error: {error}"));
-            }
-        }
-        self.cpu.push(CpuRow {
-            measure: measure.to_owned(),
-            heft: heft.clone(),
-            floor: Some(raw.clone()),
-        });
-    }
-}
-
 /// Connections for the bench's own statements (seeding the bare DELETEs).
 async fn raw_pool(url: &str, size: u32) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
@@ -431,12 +365,7 @@ async fn main() -> anyhow::Result<()> {
         let pid = stack.users.pid();
         Arc::new(move || stack::cpu_split(pid))
     };
-    let mut report = Report {
-        rows: Vec::new(),
-        cpu: Vec::new(),
-        details: Vec::new(),
-    };
-    let mut usage: Vec<(String, Vec<Usage>)> = Vec::new();
+    let mut report = Report::default();
 
     eprintln!(
         "seeding {} entries over {} users through BatchCreateEntries",
@@ -513,7 +442,9 @@ async fn main() -> anyhow::Result<()> {
         );
         let (heft, floor) =
             alternate(args.load(c), &entries_cpu, heft_call, floor_call.clone()).await;
-        usage.push(("GetEntry".into(), sampler.finish().await));
+        report
+            .usage
+            .push(("GetEntry".into(), sampler.finish().await));
         report.ratio("GetEntry", &heft, &floor, "≥ 0.6", Some(0.6));
         if let Some(bare) = &bare {
             let (of_bare, floor) = alternate(
@@ -555,13 +486,7 @@ async fn main() -> anyhow::Result<()> {
         });
         report.rows.push(Row {
             measure: "gRPC round trip alone (Health/Check, no database)".into(),
-            heft: format!(
-                "{:.0} rps (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
-                alone.rps(),
-                alone.percentile_ms(50.0),
-                alone.percentile_ms(99.0),
-                alone.errors
-            ),
+            heft: throughput(&alone),
             floor: "–".into(),
             ratio: None,
             target: "—",
@@ -610,7 +535,9 @@ async fn main() -> anyhow::Result<()> {
         );
         let (heft, floor) =
             alternate(args.load(c), &entries_cpu, heft_call, floor_call.clone()).await;
-        usage.push(("ListEntries".into(), sampler.finish().await));
+        report
+            .usage
+            .push(("ListEntries".into(), sampler.finish().await));
         report.ratio(
             "ListEntries (page of 100)",
             &heft,
@@ -675,7 +602,9 @@ async fn main() -> anyhow::Result<()> {
             },
         );
         let (heft, floor) = alternate(args.load(c), &entries_cpu, heft_call, floor_call).await;
-        usage.push(("CreateEntry".into(), sampler.finish().await));
+        report
+            .usage
+            .push(("CreateEntry".into(), sampler.finish().await));
         report.ratio("CreateEntry", &heft, &floor, "≥ 0.6", Some(0.6));
     }
 
@@ -738,7 +667,9 @@ async fn main() -> anyhow::Result<()> {
             floor_call,
         )
         .await;
-        usage.push(("BatchCreateEntries".into(), sampler.finish().await));
+        report
+            .usage
+            .push(("BatchCreateEntries".into(), sampler.finish().await));
         report.ratio("BatchCreateEntries (1,000 each)", &heft, &floor, "—", None);
     }
 
@@ -776,7 +707,9 @@ async fn main() -> anyhow::Result<()> {
         // steady pace (two callers, a call each per 10 ms), for its p99.
         let sampler = Sampler::start(&pids);
         let logins = closed_loop(args.load(login_workers), &users_cpu, login.clone()).await;
-        usage.push(("Authenticate".into(), sampler.finish().await));
+        report
+            .usage
+            .push(("Authenticate".into(), sampler.finish().await));
         let sampler = Sampler::start(&pids);
         let background = {
             let users_cpu = users_cpu.clone();
@@ -804,7 +737,9 @@ async fn main() -> anyhow::Result<()> {
         let background = background.await?;
         let usage_under_logins = sampler.finish().await;
         login_rss_mib = Some(usage_under_logins[0].max_rss_mib);
-        usage.push(("Authenticate + GetUser".into(), usage_under_logins));
+        report
+            .usage
+            .push(("Authenticate + GetUser".into(), usage_under_logins));
         let ratio = logins.rps() / hash_floor;
         let side_by_side_floor = cores as f64 / side_by_side.as_secs_f64().max(1e-9);
         report.details.push(format!(
@@ -878,7 +813,9 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             let heft_time = started.elapsed();
-            usage.push((format!("DeleteUser, {n} entries"), sampler.finish().await));
+            report
+                .usage
+                .push((format!("DeleteUser, {n} entries"), sampler.finish().await));
 
             let bare_user = Uuid::new_v4();
             sqlx::query(
@@ -914,7 +851,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Memory: the largest resident set of each service over every phase.
     let max_of = |index: usize| {
-        usage
+        report
+            .usage
             .iter()
             .map(|(_, usage)| usage[index].max_rss_mib)
             .fold(0.0, f64::max)
@@ -941,32 +879,24 @@ async fn main() -> anyhow::Result<()> {
         met: Some(entries_peak < 100.0),
     });
 
-    let postgres_version: String = sqlx::query_scalar("SELECT version()")
+    report.postgres_version = sqlx::query_scalar("SELECT version()")
         .fetch_one(&raw)
         .await?;
     raw.close().await;
     stack.finish().await?;
 
-    let text = render(&args, &report, &usage, &postgres_version);
+    let text = report::render(&args, &report);
     println!("{text}");
     if args.report.as_os_str() != "-" {
         std::fs::write(&args.report, &text)
             .with_context(|| format!("cannot write {}", args.report.display()))?;
         eprintln!("wrote {}", args.report.display());
     }
-    let missed = report
-        .rows
-        .iter()
-        .filter(|row| row.met == Some(false))
-        .count();
+    let missed = report.missed();
     if missed > 0 {
         eprintln!("{missed} target(s) not met");
     }
     Ok(())
-}
-
-fn mib(value: Option<f64>) -> String {
-    value.map_or("not measured".to_owned(), |mib| format!("{mib:.0} MiB"))
 }
 
 /// The floor decodes its rows as heft-entries does: every column, by position.
@@ -995,162 +925,4 @@ impl sqlx::FromRow<'_, PgRow> for EntryRow {
             update_time: row.try_get(7)?,
         })
     }
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .filter(|text| !text.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("model name"))
-        .and_then(|rest| rest.split_once(':'))
-        .map_or("unknown".to_owned(), |(_, model)| model.trim().to_owned());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or("unknown".to_owned(), |kib| {
-            format!("{} GiB", kib / 1024 / 1024)
-        });
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores ({model}), {memory}, Linux {}", kernel.trim())
-}
-
-fn render(args: &Args, report: &Report, usage: &[(String, Vec<Usage>)], postgres: &str) -> String {
-    let mut text = String::new();
-    let _ = writeln!(text, "# heft benchmarks\n");
-    let _ = writeln!(
-        text,
-        "Produced by `heft-bench` (see the README); every ratio is measured in the same run \
-         as its floor: the same statement run directly against the same PostgreSQL table \
-         at the same concurrency. Where the time goes: `docs/profiles/` (flamegraphs \
-         from `bench/profile.sh`).\n"
-    );
-    let _ = writeln!(text, "- date: {}", Utc::now().format("%Y-%m-%d %H:%M UTC"));
-    let _ = writeln!(text, "- machine: {}", machine());
-    let _ = writeln!(text, "- PostgreSQL: {postgres}");
-    let _ = writeln!(text, "- rustc: {}", command_output("rustc", &["-V"]));
-    let _ = writeln!(
-        text,
-        "- heft: {}",
-        command_output("git", &["rev-parse", "--short", "HEAD"])
-    );
-    let _ = writeln!(
-        text,
-        "- load: closed loop, {} workers over {} HTTP/2 connections (BatchCreateEntries: {}, \
-         Authenticate: {}, GetUser beside it: 4), \
-         {} s warm-up excluded, {} s measured per phase (heft and its floor in turns, five slices each, so that a slow spell of the machine weighs on both alike); {} entries seeded over {} users; \
-         both services ({} builds) with tokens, on loopback\n",
-        args.concurrency,
-        args.connections,
-        args.concurrency.min(8),
-        args.concurrency
-            .min(5 * std::thread::available_parallelism().map_or(2, usize::from)),
-        args.warmup_secs,
-        args.duration_secs,
-        args.entries,
-        args.users,
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
-    let _ = writeln!(
-        text,
-        "| measure | heft | floor (raw SQL) | ratio | target | met |"
-    );
-    let _ = writeln!(text, "|---|---|---|---:|---|---|");
-    for row in &report.rows {
-        let _ = writeln!(
-            text,
-            "| {} | {} | {} | {} | {} | {} |",
-            row.measure,
-            row.heft,
-            row.floor,
-            row.ratio.map_or("–".to_owned(), |r| format!("{r:.2}")),
-            row.target,
-            match row.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "–",
-            }
-        );
-    }
-    if !report.cpu.is_empty() {
-        let _ = writeln!(text, "\n## CPU per call\n");
-        let _ = writeln!(
-            text,
-            "Microseconds of CPU per call in each process while the calls were measured \
-             (heft-bench is the client: tonic for heft, sqlx for the floor; the service is \
-             heft-entries, or the bare server in its rows; PostgreSQL is every server \
-             process), and how many of the {} cores they kept busy together. \
-             A ratio below 1 is what heft spends beyond its floor on a machine that the \
-             client, the service and the database share.\n",
-            std::thread::available_parallelism().map_or(0, usize::from)
-        );
-        let _ = writeln!(
-            text,
-            "| call | heft: client | service | PostgreSQL | all | cores busy | \
-             floor: client | PostgreSQL | all | cores busy |"
-        );
-        let _ = writeln!(text, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for row in &report.cpu {
-            let heft = row.heft.cpu_per_call_us();
-            let floor = match &row.floor {
-                Some(floor) => {
-                    let split = floor.cpu_per_call_us();
-                    format!(
-                        "{:.0} µs | {:.0} µs | {:.0} µs | {:.2}",
-                        split.client,
-                        split.database,
-                        split.total(),
-                        floor.cores_busy()
-                    )
-                }
-                None => "– | – | – | –".into(),
-            };
-            let _ = writeln!(
-                text,
-                "| {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {floor} |",
-                row.measure,
-                heft.client,
-                heft.service,
-                heft.database,
-                heft.total(),
-                row.heft.cores_busy()
-            );
-        }
-    }
-    let _ = writeln!(text, "\n## Resources per phase\n");
-    let _ = writeln!(
-        text,
-        "| phase | heft-users peak RSS | heft-users CPU | heft-entries peak RSS | heft-entries CPU |"
-    );
-    let _ = writeln!(text, "|---|---:|---:|---:|---:|");
-    for (phase, usage) in usage {
-        let _ = writeln!(
-            text,
-            "| {phase} | {:.0} MiB | {:.1} s | {:.0} MiB | {:.1} s |",
-            usage[0].max_rss_mib, usage[0].cpu_seconds, usage[1].max_rss_mib, usage[1].cpu_seconds
-        );
-    }
-    if !report.details.is_empty() {
-        let _ = writeln!(text, "\n## Notes\n");
-        for detail in &report.details {
-            let _ = writeln!(text, "- {detail}");
-        }
-    }
-    text
 }
