@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod bare;
+mod floor;
 mod load;
 mod report;
 mod sample;
@@ -23,6 +24,7 @@ use std::{
 use anyhow::Context;
 use chrono::{NaiveDate, Utc};
 use clap::Parser;
+use floor::{EntryRow, FloorConnections, raw_pool};
 use heft_proto::{
     common::v1::{Weight, WeightUnit},
     entries::v1::{self as entries_pb, entry_service_client::EntryServiceClient},
@@ -32,10 +34,6 @@ use heft_proto::{
 use load::{CpuProbe, Load, alternate, closed_loop, paced_loop, per_call};
 use rand::Rng;
 use report::{CpuRow, Report, Row, mib, throughput};
-use sqlx::{
-    Connection, PgConnection, PgPool, Row as _,
-    postgres::{PgPoolOptions, PgRow},
-};
 use stack::{API_TOKEN, Sampler, Stack};
 use tonic::{metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -277,32 +275,6 @@ async fn seed(clients: &Clients, args: &Args) -> anyhow::Result<Seeded> {
 
 fn failed(error: impl std::fmt::Display) -> String {
     error.to_string()
-}
-
-/// Connections for the bench's own statements (seeding the bare DELETEs).
-async fn raw_pool(url: &str, size: u32) -> anyhow::Result<PgPool> {
-    Ok(PgPoolOptions::new()
-        .max_connections(size)
-        .connect(url)
-        .await?)
-}
-
-/// The floor's connections: one per worker, held for the whole phase, as
-/// pgbench's clients: no pool, no ping, the statement alone.
-struct FloorConnections(Vec<tokio::sync::Mutex<PgConnection>>);
-
-impl FloorConnections {
-    async fn connect(url: &str, workers: usize) -> anyhow::Result<Self> {
-        let mut connections = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            connections.push(tokio::sync::Mutex::new(PgConnection::connect(url).await?));
-        }
-        Ok(Self(connections))
-    }
-
-    async fn connection(&self, worker: usize) -> tokio::sync::MutexGuard<'_, PgConnection> {
-        self.0[worker % self.0.len()].lock().await
-    }
 }
 
 /// Times of argon2id hashes at heft's default parameters, in this process:
@@ -897,32 +869,4 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{missed} target(s) not met");
     }
     Ok(())
-}
-
-/// The floor decodes its rows as heft-entries does: every column, by position.
-#[allow(dead_code)]
-struct EntryRow {
-    id: Uuid,
-    user_id: Uuid,
-    value: f64,
-    unit: i16,
-    recorded_on: NaiveDate,
-    note: String,
-    create_time: chrono::DateTime<Utc>,
-    update_time: chrono::DateTime<Utc>,
-}
-
-impl sqlx::FromRow<'_, PgRow> for EntryRow {
-    fn from_row(row: &PgRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            id: row.try_get(0)?,
-            user_id: row.try_get(1)?,
-            value: row.try_get(2)?,
-            unit: row.try_get(3)?,
-            recorded_on: row.try_get(4)?,
-            note: row.try_get(5)?,
-            create_time: row.try_get(6)?,
-            update_time: row.try_get(7)?,
-        })
-    }
 }
