@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::Utc;
 
-use crate::{Args, load::Measured, stack::Usage};
+use crate::{cli::Args, load::Measured, stack::Usage};
 
 /// One row of the report.
 pub struct Row {

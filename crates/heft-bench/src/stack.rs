@@ -16,7 +16,7 @@ use anyhow::Context;
 use sqlx::{Connection, PgConnection};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::load::CpuSplit;
+use crate::load::{CpuProbe, CpuSplit};
 
 pub const API_TOKEN: &str = "bench-api-token";
 const INTERNAL_TOKEN: &str = "bench-internal-token";
@@ -51,6 +51,12 @@ pub struct Service {
 impl Service {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Reads the CPU of this client, this service and PostgreSQL.
+    pub fn cpu_probe(&self) -> CpuProbe {
+        let pid = self.pid();
+        Arc::new(move || cpu_split(pid))
     }
 }
 
@@ -281,7 +287,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// CPU used so far by this process (the client), the service with `pid`
 /// and every PostgreSQL process on the machine.
-pub fn cpu_split(service_pid: u32) -> CpuSplit {
+fn cpu_split(service_pid: u32) -> CpuSplit {
     CpuSplit {
         client: cpu_ticks(std::process::id()) as f64 / 100.0,
         service: cpu_ticks(service_pid) as f64 / 100.0,

@@ -1,0 +1,683 @@
+//! The phases: each measures one of heft's paths, beside its floor where it
+//! has one, and adds its rows to the report.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use heft_proto::{entries::v1 as entries_pb, users::v1 as users_pb};
+use sqlx::PgPool;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use uuid::Uuid;
+
+use crate::{
+    cli::{Args, Phase},
+    clients::{Clients, Seeded},
+    floor::{EntryRow, FloorConnections, raw_pool},
+    load::{Call, CpuProbe, Measured, alternate, closed_loop, paced_loop, per_call},
+    report::{CpuRow, Report, Row, mib, throughput},
+    sample::{PASSWORD, kilograms, new_entry, recorded_on},
+    stack::{self, Sampler, Stack},
+};
+
+/// What every phase works with, and the report they build.
+pub struct Bench {
+    pub args: Args,
+    stack: Stack,
+    clients: Clients,
+    seeded: Arc<Seeded>,
+    /// One connection per worker for the floor's statements.
+    floor: Arc<FloorConnections>,
+    /// For the bench's own statements, which are not measured against heft.
+    raw: PgPool,
+    bare: Option<Bare>,
+    entries_cpu: CpuProbe,
+    users_cpu: CpuProbe,
+    report: Report,
+    /// heft-users' resident memory at full login load, and idle after it.
+    users_mib_at_login_load: Option<f64>,
+    users_mib_idle_after_logins: Option<f64>,
+}
+
+/// The bare reference server (`bare`) and clients of it.
+struct Bare {
+    clients: Clients,
+    cpu: CpuProbe,
+    _server: stack::Service,
+}
+
+impl Bench {
+    /// Connects to the stack, seeds it, opens the floor's connections and,
+    /// for the phases that compare with it, starts the bare server.
+    pub async fn prepare(args: Args, stack: Stack) -> anyhow::Result<Self> {
+        let clients = Clients::connect(&stack, args.connections).await?;
+        let mut report = Report::default();
+        eprintln!(
+            "seeding {} entries over {} users through BatchCreateEntries",
+            args.entries, args.users
+        );
+        let seeding = Instant::now();
+        let seeded = Seeded::through(&clients, &args).await?;
+        report.details.push(format!(
+            "seeded {} entries over {} users in {:.1} s",
+            seeded.entry_ids.len(),
+            seeded.users.len(),
+            seeding.elapsed().as_secs_f64()
+        ));
+        let raw = raw_pool(&stack.entries_url, 2).await?;
+        let floor = FloorConnections::connect(&stack.entries_url, args.concurrency).await?;
+        // For scale: GetEntry and ListEntries on the least a gRPC service over
+        // the same table can do, against the same floor.
+        let bare = if args.runs(Phase::Get) || args.runs(Phase::List) {
+            let server = stack.start_bare().await?;
+            Some(Bare {
+                clients: clients.of_bare(server.addr, args.connections).await?,
+                cpu: server.cpu_probe(),
+                _server: server,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            entries_cpu: stack.entries.cpu_probe(),
+            users_cpu: stack.users.cpu_probe(),
+            args,
+            stack,
+            clients,
+            seeded: Arc::new(seeded),
+            floor: Arc::new(floor),
+            raw,
+            bare,
+            report,
+            users_mib_at_login_load: None,
+            users_mib_idle_after_logins: None,
+        })
+    }
+
+    pub async fn run(&mut self, phase: Phase) -> anyhow::Result<()> {
+        match phase {
+            Phase::Get => self.get().await,
+            Phase::List => self.list().await,
+            Phase::Create => self.create().await,
+            Phase::Batch => self.batch().await,
+            Phase::Login => self.login().await,
+            Phase::Purge => self.purge().await,
+        }
+    }
+
+    /// Adds the memory rows, stops everything and hands back the report.
+    pub async fn finish(mut self) -> anyhow::Result<(Args, Report)> {
+        self.memory();
+        self.report.postgres_version = sqlx::query_scalar("SELECT version()")
+            .fetch_one(&self.raw)
+            .await?;
+        self.raw.close().await;
+        let Self {
+            args,
+            stack,
+            bare,
+            floor,
+            report,
+            ..
+        } = self;
+        // Closed before their database is dropped rather than cut off by the
+        // forced drop.
+        drop((bare, floor));
+        stack.finish().await?;
+        Ok((args, report))
+    }
+
+    /// Samples both services' memory and CPU until [`Self::record_usage`].
+    fn sampler(&self) -> Sampler {
+        Sampler::start(&[self.stack.users.pid(), self.stack.entries.pid()])
+    }
+
+    async fn record_usage(&mut self, phase: impl Into<String>, sampler: Sampler) {
+        self.report
+            .usage
+            .push((phase.into(), sampler.finish().await));
+    }
+
+    /// heft-entries and its floor in turns, with the services' resources
+    /// recorded as `phase`.
+    async fn entries_against_floor(
+        &mut self,
+        phase: &str,
+        workers: usize,
+        heft: impl Call + Clone,
+        floor: impl Call + Clone,
+    ) -> (Measured, Measured) {
+        let sampler = self.sampler();
+        let measured = alternate(self.args.load(workers), &self.entries_cpu, heft, floor).await;
+        self.record_usage(phase, sampler).await;
+        measured
+    }
+
+    /// A read through heft-entries against its floor, then, for scale,
+    /// through the bare server against the same floor.
+    async fn read_against_floor<C: Call + Clone>(
+        &mut self,
+        phase: &str,
+        measure: &str,
+        calls_through: impl Fn(&Clients) -> C,
+        floor: impl Call + Clone,
+    ) {
+        let load = self.args.load(self.args.concurrency);
+        let heft = calls_through(&self.clients);
+        let (heft, of_floor) = self
+            .entries_against_floor(phase, load.workers, heft, floor.clone())
+            .await;
+        self.report
+            .ratio(measure, &heft, &of_floor, "≥ 0.6", Some(0.6));
+        if let Some(bare) = &self.bare {
+            let (of_bare, of_floor) =
+                alternate(load, &bare.cpu, calls_through(&bare.clients), floor).await;
+            let measure = format!("{phase} on a bare tonic + sqlx server (for scale)");
+            self.report.ratio(&measure, &of_bare, &of_floor, "—", None);
+        }
+    }
+
+    /// GetEntry against SELECT by primary key.
+    async fn get(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: GetEntry");
+        let seeded = self.seeded.clone();
+        let get_through = move |clients: &Clients| {
+            per_call(
+                (clients.clone(), seeded.clone()),
+                |(clients, seeded), worker, _| async move {
+                    let id = seeded.any_entry().to_owned();
+                    clients
+                        .entries(worker)
+                        .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
+                        .await
+                        .map(drop)
+                },
+            )
+        };
+        let floor = per_call(
+            (self.floor.clone(), self.seeded.clone()),
+            |(floor, seeded), worker, _| async move {
+                let id: Uuid = seeded.any_entry().parse()?;
+                sqlx::query_as::<_, EntryRow>(
+                    "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
+                         FROM entries WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *floor.connection(worker).await)
+                .await?;
+                Ok::<_, anyhow::Error>(())
+            },
+        );
+        self.read_against_floor("GetEntry", "GetEntry", get_through, floor)
+            .await;
+        self.round_trip_alone().await
+    }
+
+    /// The gRPC round trip alone, through the same server stack and
+    /// connections with no database behind it: for scale, what a call
+    /// costs before its statement.
+    async fn round_trip_alone(&mut self) -> anyhow::Result<()> {
+        let health: Vec<HealthClient<Channel>> =
+            Stack::channels(self.stack.entries.addr, self.args.connections)
+                .await?
+                .into_iter()
+                .map(HealthClient::new)
+                .collect();
+        let load = self.args.load(self.args.concurrency);
+        let alone = closed_loop(load, &self.entries_cpu, move |worker: usize, _: u64| {
+            let mut client = health[worker % health.len()].clone();
+            async move {
+                client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map(drop)
+            }
+        })
+        .await;
+        self.report.cpu.push(CpuRow {
+            measure: "Health/Check (no database)".into(),
+            heft: alone.clone(),
+            floor: None,
+        });
+        self.report.rows.push(Row {
+            measure: "gRPC round trip alone (Health/Check, no database)".into(),
+            heft: throughput(&alone),
+            floor: "–".into(),
+            ratio: None,
+            target: "—",
+            met: None,
+        });
+        Ok(())
+    }
+
+    /// ListEntries (a page of 100) against the keyset SELECT it runs.
+    async fn list(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: ListEntries");
+        let seeded = self.seeded.clone();
+        let list_through = move |clients: &Clients| {
+            per_call(
+                (clients.clone(), seeded.clone()),
+                |(clients, seeded), worker, _| async move {
+                    let user = seeded.any_user().0.clone();
+                    clients
+                        .entries(worker)
+                        .list_entries(clients.request(entries_pb::ListEntriesRequest {
+                            user_id: user,
+                            page_size: 100,
+                            ..Default::default()
+                        }))
+                        .await
+                        .map(drop)
+                },
+            )
+        };
+        let floor = per_call(
+            (self.floor.clone(), self.seeded.clone()),
+            |(floor, seeded), worker, _| async move {
+                let user: Uuid = seeded.any_user().0.parse()?;
+                sqlx::query_as::<_, EntryRow>(
+                    "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
+                         FROM entries WHERE user_id = $1
+                         ORDER BY recorded_on, create_time, id LIMIT 101",
+                )
+                .bind(user)
+                .fetch_all(&mut *floor.connection(worker).await)
+                .await?;
+                Ok::<_, anyhow::Error>(())
+            },
+        );
+        self.read_against_floor(
+            "ListEntries",
+            "ListEntries (page of 100)",
+            list_through,
+            floor,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// CreateEntry (with a request id) against the INSERT of the same row.
+    async fn create(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: CreateEntry");
+        let heft = per_call(
+            (self.clients.clone(), self.seeded.clone()),
+            |(clients, seeded), worker, i| async move {
+                let user = seeded.any_user().0.clone();
+                let entry = new_entry(i as usize);
+                clients
+                    .entries(worker)
+                    .create_entry(clients.request(entries_pb::CreateEntryRequest {
+                        user_id: user,
+                        weight: entry.weight,
+                        recorded_on: entry.recorded_on,
+                        note: "morning".into(),
+                        request_id: Uuid::new_v4().to_string(),
+                    }))
+                    .await
+                    .map(drop)
+            },
+        );
+        let floor = per_call(
+            (self.floor.clone(), self.seeded.clone()),
+            |(floor, seeded), worker, i| async move {
+                let user: Uuid = seeded.any_user().0.parse()?;
+                let now = Utc::now();
+                sqlx::query(
+                    "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+                     VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)",
+                )
+                .bind(Uuid::now_v7())
+                .bind(user)
+                .bind(kilograms(i as usize))
+                .bind(recorded_on(i as usize))
+                .bind(Uuid::new_v4())
+                .bind(now)
+                .execute(&mut *floor.connection(worker).await)
+                .await?;
+                Ok::<_, anyhow::Error>(())
+            },
+        );
+        let workers = self.args.concurrency;
+        let (heft, floor) = self
+            .entries_against_floor("CreateEntry", workers, heft, floor)
+            .await;
+        self.report
+            .ratio("CreateEntry", &heft, &floor, "≥ 0.6", Some(0.6));
+        Ok(())
+    }
+
+    /// BatchCreateEntries of 1,000 against one UNNEST INSERT of 1,000.
+    async fn batch(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: BatchCreateEntries");
+        let heft = per_call(
+            (self.clients.clone(), self.seeded.clone()),
+            |(clients, seeded), worker, _| async move {
+                let user = seeded.user_of(worker).0.clone();
+                clients
+                    .entries(worker)
+                    .batch_create_entries(clients.request(entries_pb::BatchCreateEntriesRequest {
+                        user_id: user,
+                        entries: (0..1_000).map(new_entry).collect(),
+                    }))
+                    .await
+                    .map(drop)
+            },
+        );
+        let floor = per_call(
+            (self.floor.clone(), self.seeded.clone()),
+            |(floor, seeded), worker, _| async move {
+                let user: Uuid = seeded.user_of(worker).0.parse()?;
+                let ids: Vec<Uuid> = (0..1_000).map(|_| Uuid::now_v7()).collect();
+                let values: Vec<f64> = (0..1_000).map(kilograms).collect();
+                let days: Vec<_> = (0..1_000).map(recorded_on).collect();
+                sqlx::query(
+                    "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
+                     SELECT id, $2, value, 1, recorded_on, '', now(), now()
+                     FROM UNNEST($1::uuid[], $3::float8[], $4::date[]) AS batch (id, value, recorded_on)",
+                )
+                .bind(&ids)
+                .bind(user)
+                .bind(&values)
+                .bind(&days)
+                .execute(&mut *floor.connection(worker).await)
+                .await?;
+                Ok::<_, anyhow::Error>(())
+            },
+        );
+        let workers = self.args.concurrency.min(8);
+        let (heft, floor) = self
+            .entries_against_floor("BatchCreateEntries", workers, heft, floor)
+            .await;
+        self.report
+            .ratio("BatchCreateEntries (1,000 each)", &heft, &floor, "—", None);
+        Ok(())
+    }
+
+    /// Authenticate at full concurrency against the hashes it runs, then
+    /// GetUser beside the same login load.
+    async fn login(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: Authenticate, and GetUser under that load");
+        let hashing = Hashing::measure();
+        // As many logins at once as the service admits by default (a hashing
+        // slot per core and four waiting per slot): more are refused at once by
+        // design, which measures the refusal, not the hashing.
+        let logins_at_once = self.args.load(self.args.concurrency.min(5 * hashing.cores));
+        let login = per_call(
+            (self.clients.clone(), self.seeded.clone()),
+            |(clients, seeded), worker, _| async move {
+                let email = seeded.any_user().1.clone();
+                clients
+                    .users(worker)
+                    .authenticate(clients.request(users_pb::AuthenticateRequest {
+                        email,
+                        password: PASSWORD.into(),
+                    }))
+                    .await
+                    .map(drop)
+            },
+        );
+        // Throughput first, alone; then GetUser beside the same login load at a
+        // steady pace (two callers, a call each per 10 ms), for its p99.
+        let sampler = self.sampler();
+        let logins = closed_loop(logins_at_once, &self.users_cpu, login.clone()).await;
+        self.record_usage("Authenticate", sampler).await;
+        let sampler = self.sampler();
+        let background = {
+            let users_cpu = self.users_cpu.clone();
+            tokio::spawn(async move { closed_loop(logins_at_once, &users_cpu, login).await })
+        };
+        let lookups = paced_loop(
+            self.args.load(2),
+            Duration::from_millis(10),
+            &self.users_cpu,
+            per_call(
+                (self.clients.clone(), self.seeded.clone()),
+                |(clients, seeded), worker, _| async move {
+                    let id = seeded.any_user().0.clone();
+                    clients
+                        .users(worker)
+                        .get_user(clients.request(users_pb::GetUserRequest { id }))
+                        .await
+                        .map(drop)
+                },
+            ),
+        )
+        .await;
+        let background = background.await?;
+        let usage_under_logins = sampler.finish().await;
+        self.users_mib_at_login_load = Some(usage_under_logins[0].max_rss_mib);
+        self.report
+            .usage
+            .push(("Authenticate + GetUser".into(), usage_under_logins));
+        self.report_logins(&hashing, &logins, &lookups, &background);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.users_mib_idle_after_logins =
+            Some(stack::rss_kib(self.stack.users.pid()) as f64 / 1024.0);
+        Ok(())
+    }
+
+    fn report_logins(
+        &mut self,
+        hashing: &Hashing,
+        logins: &Measured,
+        lookups: &Measured,
+        background: &Measured,
+    ) {
+        let Hashing {
+            cores,
+            alone,
+            side_by_side,
+        } = *hashing;
+        let hash_floor = cores as f64 / alone.as_secs_f64();
+        let ratio = logins.rps() / hash_floor;
+        let side_by_side_floor = cores as f64 / side_by_side.as_secs_f64().max(1e-9);
+        self.report.details.push(format!(
+            "Authenticate beside hashes run on every core at once: {cores} hashes side by side take \
+             {:.1} ms each at best (one alone {:.1} ms), so {cores} cores hash at most \
+             {side_by_side_floor:.1} per second that way; Authenticate reaches {:.2} of that",
+            side_by_side.as_secs_f64() * 1000.0,
+            alone.as_secs_f64() * 1000.0,
+            logins.rps() / side_by_side_floor
+        ));
+        self.report.rows.push(Row {
+            measure: "Authenticate".into(),
+            heft: format!(
+                "{:.1} rps (p50 {:.1} ms, p99 {:.1} ms, {} errors)",
+                logins.rps(),
+                logins.percentile_ms(50.0),
+                logins.percentile_ms(99.0),
+                logins.errors
+            ),
+            floor: format!(
+                "{cores} cores ÷ {:.1} ms per hash = {hash_floor:.1} rps",
+                alone.as_secs_f64() * 1000.0
+            ),
+            ratio: Some(ratio),
+            target: "≥ 0.8",
+            met: Some(ratio >= 0.8 && logins.errors == 0),
+        });
+        let p99 = lookups.percentile_ms(99.0);
+        self.report.rows.push(Row {
+            measure: "GetUser p99 under full login load".into(),
+            heft: format!(
+                "{p99:.2} ms ({:.0} rps, {} errors; logins meanwhile {:.1} rps)",
+                lookups.rps(),
+                lookups.errors,
+                background.rps()
+            ),
+            floor: "–".into(),
+            ratio: None,
+            target: "< 10 ms",
+            met: Some(p99 < 10.0 && lookups.errors == 0),
+        });
+    }
+
+    /// DeleteUser with N entries until GetPurgeJob says PURGED, against a
+    /// bare DELETE of as many rows.
+    async fn purge(&mut self) -> anyhow::Result<()> {
+        for n in self.args.purge_sizes.clone() {
+            eprintln!("phase: DeleteUser with {n} entries");
+            let heft_time = self.delete_user_until_purged(n).await?;
+            let bare_time = bare_delete(&self.raw, n).await?;
+            let ratio = heft_time.as_secs_f64() / bare_time.as_secs_f64().max(1e-9);
+            self.report.rows.push(Row {
+                measure: format!("purge {n} entries: DeleteUser to PURGED"),
+                heft: format!(
+                    "{:.1} ms ({:.2} ms per 1,000)",
+                    heft_time.as_secs_f64() * 1000.0,
+                    heft_time.as_secs_f64() * 1e6 / n as f64
+                ),
+                floor: format!("bare DELETE {:.1} ms", bare_time.as_secs_f64() * 1000.0),
+                ratio: Some(ratio),
+                target: if n >= 100_000 { "≤ 2×" } else { "—" },
+                met: (n >= 100_000).then_some(ratio <= 2.0),
+            });
+        }
+        Ok(())
+    }
+
+    /// How long a user with `entries` entries takes from DeleteUser to PURGED.
+    async fn delete_user_until_purged(&mut self, entries: usize) -> anyhow::Result<Duration> {
+        let clients = &self.clients;
+        let (user, _) = clients.create_user(0).await?;
+        clients.import(0, &user, entries).await?;
+        let sampler = self.sampler();
+        let started = Instant::now();
+        clients
+            .users(0)
+            .delete_user(clients.request(users_pb::DeleteUserRequest { id: user.clone() }))
+            .await?;
+        loop {
+            let job = clients
+                .users(0)
+                .get_purge_job(clients.request(users_pb::GetPurgeJobRequest {
+                    user_id: user.clone(),
+                }))
+                .await?
+                .into_inner();
+            if job.state == users_pb::PurgeState::Purged as i32 {
+                anyhow::ensure!(job.purged_entry_count == entries as i64, "purged {job:?}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = started.elapsed();
+        self.record_usage(format!("DeleteUser, {entries} entries"), sampler)
+            .await;
+        Ok(took)
+    }
+
+    /// The largest resident set of each service over every phase.
+    fn memory(&mut self) {
+        let max_of = |index: usize| {
+            self.report
+                .usage
+                .iter()
+                .map(|(_, usage)| usage[index].max_rss_mib)
+                .fold(0.0, f64::max)
+        };
+        let (users_peak, entries_peak) = (max_of(0), max_of(1));
+        let idle = self.users_mib_idle_after_logins;
+        self.report.rows.push(Row {
+            measure: "heft-users resident memory".into(),
+            heft: format!(
+                "peak {users_peak:.0} MiB (at full login load {}), idle after {}",
+                mib(self.users_mib_at_login_load),
+                mib(idle)
+            ),
+            floor: "–".into(),
+            ratio: None,
+            target: "< 100 MiB",
+            met: Some(users_peak < 100.0 && idle.is_none_or(|idle| idle < 100.0)),
+        });
+        self.report.rows.push(Row {
+            measure: "heft-entries resident memory".into(),
+            heft: format!("peak {entries_peak:.0} MiB"),
+            floor: "–".into(),
+            ratio: None,
+            target: "< 100 MiB",
+            met: Some(entries_peak < 100.0),
+        });
+    }
+}
+
+/// How long a DELETE of `entries` rows of one user takes, the rows written
+/// just before in one statement.
+async fn bare_delete(raw: &PgPool, entries: usize) -> anyhow::Result<Duration> {
+    let user = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
+         SELECT gen_random_uuid(), $1, 70, 1, DATE '2000-01-01' + (i % 9000)::int, '', now(), now()
+         FROM generate_series(1, $2) AS i",
+    )
+    .bind(user)
+    .bind(i64::try_from(entries).unwrap_or(i64::MAX))
+    .execute(raw)
+    .await?;
+    let started = Instant::now();
+    sqlx::query("DELETE FROM entries WHERE user_id = $1")
+        .bind(user)
+        .execute(raw)
+        .await?;
+    Ok(started.elapsed())
+}
+
+/// Argon2id hashes at heft's default parameters, in this process: the floor
+/// of Authenticate.
+#[derive(Clone, Copy)]
+struct Hashing {
+    cores: usize,
+    /// One hash alone, the fastest of several, so that a hash slowed by
+    /// something else on the machine cannot lower the bar.
+    alone: Duration,
+    /// One of a hash on every core at once, the fastest: Argon2id is
+    /// memory-hard, hashes side by side share the caches and memory
+    /// bandwidth, and each is slower than one alone.
+    side_by_side: Duration,
+}
+
+impl Hashing {
+    fn measure() -> Self {
+        let alone = hash_times(1, 7).into_iter().min().unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let side_by_side = hash_times(cores, 3).into_iter().min().unwrap_or_default();
+        Self {
+            cores,
+            alone,
+            side_by_side,
+        }
+    }
+}
+
+/// Times of `each` hashes on each of `threads` threads at once.
+fn hash_times(threads: usize, each: usize) -> Vec<Duration> {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
+    let params = Params::new(19_456, 2, 1, None).unwrap_or_default();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    std::thread::scope(|scope| {
+        let hashers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..each)
+                        .map(|_| {
+                            let salt =
+                                SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+                            let started = Instant::now();
+                            let _ = argon2.hash_password(PASSWORD.as_bytes(), &salt);
+                            started.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hashers
+            .into_iter()
+            .flat_map(|hasher| hasher.join().unwrap_or_default())
+            .collect()
+    })
+}
