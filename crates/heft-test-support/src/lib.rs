@@ -1,15 +1,17 @@
 //! Test harness pieces shared by heft's test suites: fresh databases
-//! ([`TestDatabase`], [`backend_tests!`]) and services running in the test's
-//! process ([`RunningService`]).
+//! ([`TestDatabase`], [`backend_tests!`]), the services started as their
+//! binaries start them ([`spawn`]), and assertions on the statuses they
+//! answer with ([`status`]).
 #![forbid(unsafe_code)]
 
 mod database;
 mod reflection;
 mod service;
+pub mod status;
 
 pub use database::{Backend, POSTGRES_URL_VAR, Snapshot, TestDatabase, admin_sql, postgres_url};
 pub use reflection::assert_reflection_serves_exactly;
-pub use service::RunningService;
+pub use service::{RunningService, Service, free_port, spawn, spawn_on};
 
 /// Declares one `#[tokio::test]` per backend for an `async fn(TestDatabase)`:
 /// `backend_tests!(my_test);` makes `my_test::sqlite` and `my_test::postgres`.

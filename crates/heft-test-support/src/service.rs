@@ -1,9 +1,90 @@
-//! Services running in the test's own process, on ports of their own.
+//! The services as their binaries run them, in this process on ports of
+//! their own: the one place a test starts a service.
 
 use std::{future::Future, net::SocketAddr};
 
+use clap::Parser;
 use futures::future::BoxFuture;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use crate::TestDatabase;
+
+/// One of heft's two services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Users,
+    Entries,
+}
+
+impl Service {
+    /// Its subcommand of `heft` (`heft users`), and its binary's name after
+    /// `heft-`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Users => "users",
+            Service::Entries => "entries",
+        }
+    }
+
+    /// The flag that tells it where the other service listens.
+    pub fn peer_url_flag(self) -> &'static str {
+        match self {
+            Service::Users => "--entries-url",
+            Service::Entries => "--users-url",
+        }
+    }
+}
+
+/// `service` on `db`, configured by `flags` as its binary would be, on a
+/// port of its own (and a metrics port of its own: tests run side by side).
+pub async fn spawn(service: Service, db: &TestDatabase, flags: &[&str]) -> RunningService {
+    spawn_on("127.0.0.1:0", service, &db.url, flags).await
+}
+
+/// Like [`spawn`], listening on `listen` (where another service or a client
+/// already expects it), on the database at `database_url`.
+pub async fn spawn_on(
+    listen: &str,
+    service: Service,
+    database_url: &str,
+    flags: &[impl AsRef<str>],
+) -> RunningService {
+    let binary = format!("heft-{}", service.name());
+    let args = [
+        binary.as_str(),
+        "--database-url",
+        database_url,
+        "--metrics-listen=127.0.0.1:0",
+    ]
+    .into_iter()
+    .chain(flags.iter().map(AsRef::as_ref));
+    match service {
+        Service::Users => {
+            let config = heft_users::Cli::try_parse_from(args).expect("flags").config;
+            RunningService::start_on(listen, move |listener, shutdown| {
+                heft_users::serve_with_listener(config, listener, shutdown)
+            })
+            .await
+        }
+        Service::Entries => {
+            let config = heft_entries::Cli::try_parse_from(args)
+                .expect("flags")
+                .config;
+            RunningService::start_on(listen, move |listener, shutdown| {
+                heft_entries::serve_with_listener(config, listener, shutdown)
+            })
+            .await
+        }
+    }
+}
+
+/// A free port on loopback, released for a service to bind (one that must
+/// be known before the service starts, as its peer's URL).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
 
 /// A service running in this process on a port of its own, as its binary
 /// would run it, until [`RunningService::stop`].
