@@ -6,9 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ServiceSpec, Stack, free_port};
+use common::{ServiceSpec, Stack};
 use heft_proto::users::v1::PurgeState;
-use heft_test_support::{TestDatabase, backend_tests};
+use heft_test_support::{TestDatabase, backend_tests, free_port};
 use tonic::Code;
 
 const PURGED: i32 = PurgeState::Purged as i32;

@@ -24,7 +24,7 @@ backend_tests!(
 
 fn with_token(spec: &ServiceSpec, tokens: &str) -> ServiceSpec {
     ServiceSpec {
-        internal_token: tokens.to_owned(),
+        internal_token: Some(tokens.to_owned()),
         ..spec.clone()
     }
 }

@@ -96,18 +96,8 @@ pub struct RunningService {
 }
 
 impl RunningService {
-    /// Binds port 0 and runs `serve(listener, shutdown)` on its own task.
-    pub async fn start<F, Fut>(serve: F) -> Self
-    where
-        F: FnOnce(TcpListener, BoxFuture<'static, ()>) -> Fut,
-        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        Self::start_on("127.0.0.1:0", serve).await
-    }
-
-    /// Like [`RunningService::start`], on a given address (to restart a
-    /// service where its clients expect it).
-    pub async fn start_on<F, Fut>(addr: &str, serve: F) -> Self
+    /// Binds `addr` and runs `serve(listener, shutdown)` on its own task.
+    async fn start_on<F, Fut>(addr: &str, serve: F) -> Self
     where
         F: FnOnce(TcpListener, BoxFuture<'static, ()>) -> Fut,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
