@@ -26,6 +26,9 @@ use tonic::transport::Channel;
 pub const API_TOKEN: &str = "e2e-api-token";
 pub const INTERNAL_TOKEN: &str = "e2e-internal-token";
 
+pub const PURGED: i32 = users_pb::PurgeState::Purged as i32;
+pub const PENDING: i32 = users_pb::PurgeState::Pending as i32;
+
 /// Where a service listens, what it stores in, and whom it calls.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
@@ -440,7 +443,7 @@ impl Clients {
         let started = Instant::now();
         loop {
             let job = self.get_purge_job(user_id).await.expect("purge job");
-            if job.state == users_pb::PurgeState::Purged as i32 {
+            if job.state == PURGED {
                 return job;
             }
             assert!(
@@ -534,7 +537,7 @@ impl Stack {
             .expect("delete with entries down");
         assert_eq!(
             (deleted.purge_state, deleted.purged_entry_count),
-            (users_pb::PurgeState::Pending as i32, 0)
+            (PENDING, 0)
         );
         assert_eq!(
             clients.get_user(&user).await.expect_err("deleted").code(),

@@ -647,14 +647,12 @@ async fn tokens_guard_every_call_but_health() {
     assert_eq!(watch.code(), Code::Unauthenticated);
 }
 
-/// Logins beyond the hashing slots and their queue are refused at once with
-/// RESOURCE_EXHAUSTED (and a retry delay), not queued for seconds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_spray_of_logins_is_refused_fast_not_queued() {
-    let db = TestDatabase::sqlite();
-    let service = start_users(&db, &["--hashing-concurrency", "1", "--hashing-queue", "1"]).await;
-    let client = client(&service).await;
-    let logins = (0..12).map(|i| {
+/// `count` logins at once, each of another unknown email: all refused.
+async fn logins_of_unknown_emails(
+    client: &UserServiceClient<Channel>,
+    count: usize,
+) -> Vec<Status> {
+    let logins = (0..count).map(|i| {
         let mut client = client.clone();
         async move {
             client
@@ -663,7 +661,17 @@ async fn a_spray_of_logins_is_refused_fast_not_queued() {
                 .expect_err("unknown email")
         }
     });
-    let refusals = futures::future::join_all(logins).await;
+    futures::future::join_all(logins).await
+}
+
+/// Logins beyond the hashing slots and their queue are refused at once with
+/// RESOURCE_EXHAUSTED (and a retry delay), not queued for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spray_of_logins_is_refused_fast_not_queued() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &["--hashing-concurrency", "1", "--hashing-queue", "1"]).await;
+    let client = client(&service).await;
+    let refusals = logins_of_unknown_emails(&client, 12).await;
     let busy: Vec<_> = refusals
         .iter()
         .filter(|status| status.code() == Code::ResourceExhausted)
@@ -692,16 +700,7 @@ async fn calls_beyond_the_in_flight_limit_are_shed() {
     let db = TestDatabase::sqlite();
     let service = start_users(&db, &["--max-in-flight", "2"]).await;
     let client = client(&service).await;
-    let logins = (0..10).map(|i| {
-        let mut client = client.clone();
-        async move {
-            client
-                .authenticate(login(&format!("nobody{i}@example.com"), PASSWORD))
-                .await
-                .expect_err("unknown email")
-        }
-    });
-    let refusals = futures::future::join_all(logins).await;
+    let refusals = logins_of_unknown_emails(&client, 10).await;
     let shed = refusals
         .iter()
         .filter(|status| status.code() == Code::ResourceExhausted)
