@@ -6,13 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ServiceSpec, Stack, free_port};
-use heft_proto::users::v1::PurgeState;
-use heft_test_support::{TestDatabase, backend_tests};
+use common::{PENDING, PURGED, ServiceSpec, Stack};
+use heft_test_support::{TestDatabase, backend_tests, free_port};
 use tonic::Code;
-
-const PURGED: i32 = PurgeState::Purged as i32;
-const PENDING: i32 = PurgeState::Pending as i32;
 
 backend_tests!(
     delete_user_purges_every_entry,

@@ -8,7 +8,7 @@ mod common;
 use std::future::Future;
 
 use bytes::{Buf, BufMut};
-use common::{API_TOKEN, Process, Stack};
+use common::{Process, Stack, authorized};
 use heft_test_support::TestDatabase;
 use http::uri::PathAndQuery;
 use tonic::{
@@ -67,13 +67,12 @@ async fn call_raw(process: &Process, path: &'static str, message: Vec<u8>) -> St
         .expect("connect");
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {API_TOKEN}").parse().expect("ascii"),
-    );
     match grpc
-        .unary::<Vec<u8>, Vec<u8>, _>(request, PathAndQuery::from_static(path), RawCodec)
+        .unary::<Vec<u8>, Vec<u8>, _>(
+            authorized(message),
+            PathAndQuery::from_static(path),
+            RawCodec,
+        )
         .await
     {
         Ok(_) => panic!("{path}: a hostile request was accepted"),

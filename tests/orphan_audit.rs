@@ -49,8 +49,11 @@ fn audit(stack: &Stack, flags: &[&str]) -> Audit {
         .env_clear()
         .env("HEFT_LOG", "warn")
         .env("HEFT_ENTRIES_DATABASE_URL", &spec.database_url)
-        .env("HEFT_USERS_URL", format!("http://{}", spec.peer))
-        .env("HEFT_INTERNAL_TOKEN", &spec.internal_token)
+        .env("HEFT_USERS_URL", &spec.peer_url)
+        .env(
+            "HEFT_INTERNAL_TOKEN",
+            spec.internal_token.as_deref().expect("a stack with tokens"),
+        )
         .args(["entries", "audit-orphans"])
         .args(flags)
         .output()

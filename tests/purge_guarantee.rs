@@ -7,13 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ServiceSpec, Stack};
+use common::{PENDING, PURGED, ServiceSpec, Stack};
 use heft_proto::users::v1::PurgeState;
 use heft_test_support::{TestDatabase, backend_tests};
 use tonic::Code;
-
-const PURGED: i32 = PurgeState::Purged as i32;
-const PENDING: i32 = PurgeState::Pending as i32;
 
 backend_tests!(
     a_refused_purge_completes_once_the_tokens_agree,
@@ -24,7 +21,7 @@ backend_tests!(
 
 fn with_token(spec: &ServiceSpec, tokens: &str) -> ServiceSpec {
     ServiceSpec {
-        internal_token: tokens.to_owned(),
+        internal_token: Some(tokens.to_owned()),
         ..spec.clone()
     }
 }

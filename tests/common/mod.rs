@@ -1,13 +1,14 @@
-//! Both services as real processes of the `heft` binary, on real ports:
-//! stopped gracefully (SIGTERM) or killed (SIGKILL), restarted on the same
-//! port and database, their logs captured.
+//! Both services on real ports, each calling the other: as real processes
+//! of the `heft` binary, stopped gracefully (SIGTERM) or killed (SIGKILL),
+//! restarted on the same port and database, their logs captured; or in the
+//! test's own process where a test needs neither signals nor logs.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
 use std::{
     io::{BufRead, BufReader},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -19,35 +20,27 @@ use heft_proto::{
     google::r#type::Date,
     users::v1::{self as users_pb, user_service_client::UserServiceClient},
 };
-use heft_test_support::{Backend, TestDatabase};
+use heft_test_support::{Backend, RunningService, Service, TestDatabase, free_port};
 use tonic::transport::Channel;
 
 pub const API_TOKEN: &str = "e2e-api-token";
 pub const INTERNAL_TOKEN: &str = "e2e-internal-token";
 
-/// A free port on loopback (released for the service to bind).
-pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Users,
-    Entries,
-}
+pub const PURGED: i32 = users_pb::PurgeState::Purged as i32;
+pub const PENDING: i32 = users_pb::PurgeState::Pending as i32;
 
 /// Where a service listens, what it stores in, and whom it calls.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
-    pub kind: Kind,
+    pub service: Service,
     pub listen: SocketAddr,
     pub database_url: String,
-    pub peer: SocketAddr,
+    /// Where the other service listens, as this one calls it.
+    pub peer_url: String,
     /// `HEFT_INTERNAL_TOKEN`: the first is presented to the other service,
-    /// all are accepted from it.
-    pub internal_token: String,
+    /// all are accepted from it. `None`: the service runs open, with no API
+    /// token either.
+    pub internal_token: Option<String>,
     /// More flags, after the defaults (a later flag wins).
     pub extra_args: Vec<String>,
     /// Where `/metrics` is served.
@@ -62,12 +55,52 @@ pub struct Process {
 }
 
 impl ServiceSpec {
+    /// `service` on `listen` and `db`, calling the other at `peer` in
+    /// plaintext, with the test's tokens.
+    fn new(service: Service, listen: SocketAddr, db: &TestDatabase, peer: SocketAddr) -> Self {
+        Self {
+            service,
+            listen,
+            database_url: db.url.clone(),
+            peer_url: format!("http://{peer}"),
+            internal_token: Some(INTERNAL_TOKEN.to_owned()),
+            extra_args: Vec::new(),
+            metrics: free_port(),
+        }
+    }
+
+    /// Whom the service calls, which tokens it holds, then `extra_args`:
+    /// the flags of both ways to run it.
+    fn flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            self.service.peer_url_flag().to_owned(),
+            self.peer_url.clone(),
+        ];
+        if let Some(internal_token) = &self.internal_token {
+            flags.extend([
+                "--api-tokens".to_owned(),
+                API_TOKEN.to_owned(),
+                "--internal-token".to_owned(),
+                internal_token.clone(),
+            ]);
+        }
+        flags.extend(self.extra_args.iter().cloned());
+        flags
+    }
+
+    /// Runs the service in this process (no signals, no captured log).
+    pub async fn spawn(&self) -> RunningService {
+        heft_test_support::spawn_on(
+            &self.listen.to_string(),
+            self.service,
+            &self.database_url,
+            &self.flags(),
+        )
+        .await
+    }
+
     /// Starts the process and waits until its health check says SERVING.
     pub async fn start(&self) -> Process {
-        let (subcommand, listen_flag, peer_flag) = match self.kind {
-            Kind::Users => ("users", "--listen", "--entries-url"),
-            Kind::Entries => ("entries", "--listen", "--users-url"),
-        };
         let mut command = Command::new(env!("CARGO_BIN_EXE_heft"));
         command
             .env_clear()
@@ -75,25 +108,19 @@ impl ServiceSpec {
             // Users logs lines for people, entries JSON objects: both formats are exercised.
             .env(
                 "HEFT_LOG_FORMAT",
-                if self.kind == Kind::Entries {
+                if self.service == Service::Entries {
                     "json"
                 } else {
                     "pretty"
                 },
             )
-            .args([subcommand, listen_flag, &self.listen.to_string()])
+            .args([self.service.name(), "--listen", &self.listen.to_string()])
             .args(["--database-url", &self.database_url])
             .args(["--metrics-listen", &self.metrics.to_string()])
-            .args([peer_flag, &format!("http://{}", self.peer)])
-            .args([
-                "--api-tokens",
-                API_TOKEN,
-                "--internal-token",
-                &self.internal_token,
-            ])
+            .args(self.flags())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if self.kind == Kind::Users {
+        if self.service == Service::Users {
             // Retry quickly, so that a restarted entries service is purged
             // within a second or two. Variables, so that `extra_args` can
             // override them with flags.
@@ -103,7 +130,6 @@ impl ServiceSpec {
                 .env("HEFT_PURGE_POLL_MS", "100")
                 .env("HEFT_PURGE_IMMEDIATE_TIMEOUT_MS", "1000");
         }
-        command.args(&self.extra_args);
         let mut child = command.spawn().expect("spawn heft");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
@@ -146,7 +172,7 @@ impl Process {
             assert!(
                 Instant::now() < deadline,
                 "{:?} did not become healthy:\n{}",
-                self.spec.kind,
+                self.spec.service,
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -238,11 +264,16 @@ impl Drop for Process {
     }
 }
 
+/// `message` with the API token.
 pub fn authorized<T>(message: T) -> tonic::Request<T> {
+    with_token(message, API_TOKEN)
+}
+
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {API_TOKEN}").parse().expect("ascii"),
+        format!("Bearer {token}").parse().expect("ascii"),
     );
     request
 }
@@ -412,7 +443,7 @@ impl Clients {
         let started = Instant::now();
         loop {
             let job = self.get_purge_job(user_id).await.expect("purge job");
-            if job.state == users_pb::PurgeState::Purged as i32 {
+            if job.state == PURGED {
                 return job;
             }
             assert!(
@@ -463,33 +494,33 @@ impl Stack {
         };
         let (users_addr, entries_addr) = (free_port(), free_port());
         Self {
-            users_spec: ServiceSpec {
-                kind: Kind::Users,
-                listen: users_addr,
-                database_url: users_db.url.clone(),
-                peer: entries_addr,
-                internal_token: INTERNAL_TOKEN.to_owned(),
-                extra_args: Vec::new(),
-                metrics: free_port(),
-            },
-            entries_spec: ServiceSpec {
-                kind: Kind::Entries,
-                listen: entries_addr,
-                database_url: entries_db.url.clone(),
-                peer: users_addr,
-                internal_token: INTERNAL_TOKEN.to_owned(),
-                extra_args: Vec::new(),
-                metrics: free_port(),
-            },
+            users_spec: ServiceSpec::new(Service::Users, users_addr, &users_db, entries_addr),
+            entries_spec: ServiceSpec::new(Service::Entries, entries_addr, &entries_db, users_addr),
             users_db,
             entries_db,
         }
     }
 
+    /// Both services without tokens: open, as on a developer's machine.
+    pub fn without_tokens(mut self) -> Self {
+        self.users_spec.internal_token = None;
+        self.entries_spec.internal_token = None;
+        self
+    }
+
+    /// Both services as processes.
     pub async fn start(&self) -> (Process, Process) {
         (
             self.users_spec.start().await,
             self.entries_spec.start().await,
+        )
+    }
+
+    /// Both services in this process.
+    pub async fn spawn(&self) -> (RunningService, RunningService) {
+        (
+            self.users_spec.spawn().await,
+            self.entries_spec.spawn().await,
         )
     }
 
@@ -506,7 +537,7 @@ impl Stack {
             .expect("delete with entries down");
         assert_eq!(
             (deleted.purge_state, deleted.purged_entry_count),
-            (users_pb::PurgeState::Pending as i32, 0)
+            (PENDING, 0)
         );
         assert_eq!(
             clients.get_user(&user).await.expect_err("deleted").code(),

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use heft_proto::users::v1::{self as pb, PurgeState, user_service_client::UserServiceClient};
-use heft_test_support::{RunningService, TestDatabase};
+use heft_test_support::{
+    RunningService, Service, TestDatabase, spawn, spawn_on,
+    status::{assert_invalid_with_error_info, reason},
+};
 use prost_types::FieldMask;
 use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
@@ -12,24 +14,15 @@ use tonic_types::StatusExt;
 const PASSWORD: &str = "correct horse battery";
 
 async fn start_users(db: &TestDatabase, extra: &[&str]) -> RunningService {
-    let mut args = vec![
-        "heft-users",
-        "--database-url",
-        &db.url,
+    let mut flags = vec![
         // Nothing listens there: purges stay pending.
         "--entries-url",
         "http://127.0.0.1:1",
         "--purge-immediate-timeout-ms",
         "500",
-        // Any free port: tests run side by side.
-        "--metrics-listen=127.0.0.1:0",
     ];
-    args.extend_from_slice(extra);
-    let config = heft_users::Cli::try_parse_from(args).expect("flags").config;
-    RunningService::start(move |listener, shutdown| {
-        heft_users::serve_with_listener(config, listener, shutdown)
-    })
-    .await
+    flags.extend_from_slice(extra);
+    spawn(Service::Users, db, &flags).await
 }
 
 async fn client(service: &RunningService) -> UserServiceClient<Channel> {
@@ -56,33 +49,6 @@ fn login(email: &str, password: &str) -> pb::AuthenticateRequest {
         email: email.to_owned(),
         password: password.to_owned(),
     }
-}
-
-/// The status is INVALID_ARGUMENT with one BadRequest naming exactly `fields`.
-fn assert_invalid(status: &Status, fields: &[&str]) {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_error_details();
-    let mut named: Vec<_> = details
-        .bad_request()
-        .expect("bad request details")
-        .field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect();
-    named.sort();
-    let mut expected: Vec<_> = fields.iter().map(|f| (*f).to_owned()).collect();
-    expected.sort();
-    assert_eq!(named, expected, "{status:?}");
-    assert_eq!(details.error_info().expect("error info").domain, "heft");
-}
-
-fn reason(status: &Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .expect("error info")
-        .reason
-        .clone()
 }
 
 #[tokio::test]
@@ -122,7 +88,7 @@ async fn create_and_get_a_user() {
         })
         .await
         .expect_err("bad id");
-    assert_invalid(&bad, &["id"]);
+    assert_invalid_with_error_info(&bad, &["id"]);
 }
 
 #[tokio::test]
@@ -140,7 +106,7 @@ async fn create_names_every_invalid_field() {
         })
         .await
         .expect_err("invalid");
-    assert_invalid(&status, &["email", "name", "password", "weight_unit"]);
+    assert_invalid_with_error_info(&status, &["email", "name", "password", "weight_unit"]);
     assert!(
         status.message().starts_with("invalid request: email: "),
         "{}",
@@ -156,7 +122,7 @@ async fn create_names_every_invalid_field() {
         })
         .await
         .expect_err("password too long");
-    assert_invalid(&too_long, &["password"]);
+    assert_invalid_with_error_info(&too_long, &["password"]);
 }
 
 #[tokio::test]
@@ -251,7 +217,7 @@ async fn list_users_pages_with_opaque_tokens() {
         })
         .await
         .expect_err("negative");
-    assert_invalid(&negative, &["page_size"]);
+    assert_invalid_with_error_info(&negative, &["page_size"]);
 
     let first = client
         .list_users(pb::ListUsersRequest {
@@ -270,7 +236,7 @@ async fn list_users_pages_with_opaque_tokens() {
         })
         .await
         .expect_err("forged");
-    assert_invalid(&rejected, &["page_token"]);
+    assert_invalid_with_error_info(&rejected, &["page_token"]);
 
     // Another replica on the same database accepts the token.
     let replica = start_users(&db, &[]).await;
@@ -325,7 +291,7 @@ async fn update_user_changes_only_masked_fields() {
         .update_user(update(changes.clone(), &["id", "password"]))
         .await
         .expect_err("bad paths");
-    assert_invalid(&bad_paths, &["update_mask", "update_mask"]);
+    assert_invalid_with_error_info(&bad_paths, &["update_mask", "update_mask"]);
 
     let bad_value = client
         .update_user(update(
@@ -337,7 +303,7 @@ async fn update_user_changes_only_masked_fields() {
         ))
         .await
         .expect_err("unspecified unit");
-    assert_invalid(&bad_value, &["user.weight_unit"]);
+    assert_invalid_with_error_info(&bad_value, &["user.weight_unit"]);
 
     let taken = client
         .update_user(update(
@@ -389,7 +355,7 @@ async fn change_password_requires_the_current_one() {
         })
         .await
         .expect_err("short");
-    assert_invalid(&too_short, &["new_password"]);
+    assert_invalid_with_error_info(&too_short, &["new_password"]);
 
     client
         .change_password(pb::ChangePasswordRequest {
@@ -681,14 +647,12 @@ async fn tokens_guard_every_call_but_health() {
     assert_eq!(watch.code(), Code::Unauthenticated);
 }
 
-/// Logins beyond the hashing slots and their queue are refused at once with
-/// RESOURCE_EXHAUSTED (and a retry delay), not queued for seconds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_spray_of_logins_is_refused_fast_not_queued() {
-    let db = TestDatabase::sqlite();
-    let service = start_users(&db, &["--hashing-concurrency", "1", "--hashing-queue", "1"]).await;
-    let client = client(&service).await;
-    let logins = (0..12).map(|i| {
+/// `count` logins at once, each of another unknown email: all refused.
+async fn logins_of_unknown_emails(
+    client: &UserServiceClient<Channel>,
+    count: usize,
+) -> Vec<Status> {
+    let logins = (0..count).map(|i| {
         let mut client = client.clone();
         async move {
             client
@@ -697,7 +661,17 @@ async fn a_spray_of_logins_is_refused_fast_not_queued() {
                 .expect_err("unknown email")
         }
     });
-    let refusals = futures::future::join_all(logins).await;
+    futures::future::join_all(logins).await
+}
+
+/// Logins beyond the hashing slots and their queue are refused at once with
+/// RESOURCE_EXHAUSTED (and a retry delay), not queued for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spray_of_logins_is_refused_fast_not_queued() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &["--hashing-concurrency", "1", "--hashing-queue", "1"]).await;
+    let client = client(&service).await;
+    let refusals = logins_of_unknown_emails(&client, 12).await;
     let busy: Vec<_> = refusals
         .iter()
         .filter(|status| status.code() == Code::ResourceExhausted)
@@ -726,16 +700,7 @@ async fn calls_beyond_the_in_flight_limit_are_shed() {
     let db = TestDatabase::sqlite();
     let service = start_users(&db, &["--max-in-flight", "2"]).await;
     let client = client(&service).await;
-    let logins = (0..10).map(|i| {
-        let mut client = client.clone();
-        async move {
-            client
-                .authenticate(login(&format!("nobody{i}@example.com"), PASSWORD))
-                .await
-                .expect_err("unknown email")
-        }
-    });
-    let refusals = futures::future::join_all(logins).await;
+    let refusals = logins_of_unknown_emails(&client, 10).await;
     let shed = refusals
         .iter()
         .filter(|status| status.code() == Code::ResourceExhausted)
@@ -853,22 +818,11 @@ async fn healthcheck_subcommand_follows_the_service() {
 async fn refuses_to_start_exposed_or_half_configured() {
     let db = TestDatabase::sqlite();
     let start = |listen: &'static str, extra: &'static [&'static str]| {
-        let mut args = vec![
-            "heft-users",
-            "--database-url",
-            &db.url,
-            "--metrics-listen=127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        let config = heft_users::Cli::try_parse_from(args).expect("flags").config;
+        let service = spawn_on(listen, Service::Users, &db.url, extra);
         async move {
-            let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                heft_users::serve_with_listener(config, listener, std::future::ready(())),
-            )
-            .await
-            .expect("returns")
+            tokio::time::timeout(Duration::from_secs(10), service.await.stop())
+                .await
+                .expect("returns")
         }
     };
     let exposed = start("0.0.0.0:0", &[]).await.expect_err("exposed and open");

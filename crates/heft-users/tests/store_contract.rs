@@ -42,6 +42,19 @@ fn job_for(user_id: UserId) -> PurgeJob {
     }
 }
 
+/// A new user, deleted at once, and its purge job: with no lease, due right
+/// away, as after a failed first delivery.
+async fn deleted_user(store: &dyn UserStore, email: &str) -> (UserId, PurgeJob) {
+    let user = new_user(email);
+    store.create_user(&user).await.expect("create");
+    let job = job_for(user.user.id);
+    store
+        .delete_user(user.user.id, &job, Duration::ZERO)
+        .await
+        .expect("delete");
+    (user.user.id, job)
+}
+
 backend_tests!(
     creates_reads_and_lists_users,
     unicode_emails_and_names_behave_alike_on_both_backends,
@@ -214,15 +227,17 @@ async fn login_attempts_are_limited_atomically(db: TestDatabase) {
     let throttle = LoginThrottle::default();
     let now = time::now();
 
-    let attempts = (0..50).map(|_| {
+    let attempt = |key: ThrottleKey, at| {
         let store = store.clone();
         async move {
             store
-                .begin_login_attempt(&key, throttle, now)
+                .begin_login_attempt(&key, throttle, at)
                 .await
                 .expect("attempt")
         }
-    });
+    };
+
+    let attempts = (0..50).map(|_| attempt(key, now));
     let results = futures::future::join_all(attempts).await;
     let allowed = results
         .iter()
@@ -234,30 +249,12 @@ async fn login_attempts_are_limited_atomically(db: TestDatabase) {
     }));
 
     let after_window = now + throttle.window + chrono::Duration::seconds(1);
-    assert_eq!(
-        store
-            .begin_login_attempt(&key, throttle, after_window)
-            .await
-            .expect("attempt"),
-        LoginAttempt::Allowed
-    );
+    assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
     // Another email's count is its own.
-    assert_eq!(
-        store
-            .begin_login_attempt(&other, throttle, now)
-            .await
-            .expect("attempt"),
-        LoginAttempt::Allowed
-    );
+    assert_eq!(attempt(other, now).await, LoginAttempt::Allowed);
     store.clear_login_failures(&key).await.expect("clear");
     for _ in 0..10 {
-        assert_eq!(
-            store
-                .begin_login_attempt(&key, throttle, after_window)
-                .await
-                .expect("attempt"),
-            LoginAttempt::Allowed
-        );
+        assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
     }
 }
 
@@ -301,15 +298,8 @@ async fn purge_jobs_are_claimed_once_and_settled(db: TestDatabase) {
     let store = open(&db).await;
     let mut jobs = HashSet::new();
     for i in 0..6 {
-        let user = new_user(&format!("p{i}@example.com"));
-        store.create_user(&user).await.expect("create");
-        let job = job_for(user.user.id);
+        let (_, job) = deleted_user(&*store, &format!("p{i}@example.com")).await;
         jobs.insert(job.id);
-        // No lease: due right away, as after a failed first delivery.
-        store
-            .delete_user(user.user.id, &job, Duration::ZERO)
-            .await
-            .expect("delete");
     }
 
     let short_lease = Duration::from_millis(800);
@@ -425,17 +415,11 @@ async fn purge_records_list_oldest_first_by_state(db: TestDatabase) {
     let store = open(&db).await;
     let mut users = Vec::new();
     for i in 0..5 {
-        let user = new_user(&format!("l{i}@example.com"));
-        store.create_user(&user).await.expect("create");
-        let job = job_for(user.user.id);
-        store
-            .delete_user(user.user.id, &job, Duration::ZERO)
-            .await
-            .expect("delete");
+        let (user, job) = deleted_user(&*store, &format!("l{i}@example.com")).await;
         if i % 2 == 0 {
             store.complete_purge_job(job.id, i).await.expect("complete");
         }
-        users.push(user.user.id);
+        users.push(user);
     }
     let list = |state, after, limit| {
         let store = store.clone();

@@ -1,99 +1,38 @@
-//! EntryService through its generated client, against real servers on port
-//! 0: the entries service and, behind it, the users service.
+//! EntryService through its generated client, against both services
+//! running in this process: the entries service and, behind it, the users
+//! service.
 
-use clap::Parser;
+mod common;
+
+use common::{INTERNAL_TOKEN, Stack, authorized, with_token};
 use heft_proto::{
     common::v1::{Weight, WeightUnit},
     entries::v1::{self as pb, entry_service_client::EntryServiceClient},
     google::r#type::Date,
-    users::v1::{CreateUserRequest, user_service_client::UserServiceClient},
 };
-use heft_test_support::{RunningService, TestDatabase};
+use heft_test_support::{
+    TestDatabase,
+    status::{assert_invalid, reason},
+};
 use prost_types::FieldMask;
-use tonic::{Code, Request, Status, transport::Channel};
-use tonic_types::StatusExt;
+use tonic::{Code, transport::Channel};
 
 const KG: i32 = WeightUnit::Kilograms as i32;
 const LB: i32 = WeightUnit::Pounds as i32;
 
-struct Stack {
-    users: RunningService,
-    entries: RunningService,
-    _users_db: TestDatabase,
-    _entries_db: TestDatabase,
+/// Both services on fresh SQLite databases, open (no tokens) unless the
+/// test says otherwise.
+async fn open_stack() -> Stack {
+    Stack::new(TestDatabase::sqlite()).await.without_tokens()
 }
 
-async fn start_stack(tokens: &[&str]) -> Stack {
-    let users_db = TestDatabase::sqlite();
-    let entries_db = TestDatabase::sqlite();
-    let mut users_args = vec![
-        "heft-users",
-        "--database-url",
-        &users_db.url,
-        "--entries-url",
-        "http://127.0.0.1:1",
-        "--metrics-listen=127.0.0.1:0",
-    ];
-    users_args.extend_from_slice(tokens);
-    let users_config = heft_users::Cli::try_parse_from(users_args)
-        .expect("flags")
-        .config;
-    let users = RunningService::start(move |listener, shutdown| {
-        heft_users::serve_with_listener(users_config, listener, shutdown)
-    })
-    .await;
-    let users_url = users.url();
-    let mut entries_args = vec![
-        "heft-entries",
-        "--database-url",
-        &entries_db.url,
-        "--users-url",
-        &users_url,
-        "--metrics-listen=127.0.0.1:0",
-    ];
-    entries_args.extend_from_slice(tokens);
-    let entries_config = heft_entries::Cli::try_parse_from(entries_args)
-        .expect("flags")
-        .config;
-    let entries = RunningService::start(move |listener, shutdown| {
-        heft_entries::serve_with_listener(entries_config, listener, shutdown)
-    })
-    .await;
-    Stack {
-        users,
-        entries,
-        _users_db: users_db,
-        _entries_db: entries_db,
-    }
-}
-
-impl Stack {
-    async fn entries(&self) -> EntryServiceClient<Channel> {
-        EntryServiceClient::connect(self.entries.url())
-            .await
-            .expect("connect")
-            // A full batch's response exceeds tonic's default 4 MiB.
-            .max_decoding_message_size(heft_entries::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(heft_entries::MAX_MESSAGE_BYTES)
-    }
-
-    async fn new_user(&self) -> String {
-        let mut users = UserServiceClient::connect(self.users.url())
-            .await
-            .expect("connect");
-        let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-        users
-            .create_user(CreateUserRequest {
-                email,
-                name: "Ada".into(),
-                password: "correct horse".into(),
-                weight_unit: KG,
-            })
-            .await
-            .expect("create user")
-            .into_inner()
-            .id
-    }
+async fn entries_client(stack: &Stack) -> EntryServiceClient<Channel> {
+    EntryServiceClient::connect(format!("http://{}", stack.entries_spec.listen))
+        .await
+        .expect("connect")
+        // A full batch's response exceeds tonic's default 4 MiB.
+        .max_decoding_message_size(heft_entries::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(heft_entries::MAX_MESSAGE_BYTES)
 }
 
 fn date(year: i32, month: i32, day: i32) -> Option<Date> {
@@ -114,27 +53,12 @@ fn create(user_id: &str, value: f64, unit: i32, day: i32) -> pb::CreateEntryRequ
     }
 }
 
-fn assert_invalid(status: &Status, fields: &[&str]) {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let mut named: Vec<_> = status
-        .get_error_details()
-        .bad_request()
-        .expect("bad request")
-        .field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect();
-    named.sort();
-    let mut expected: Vec<_> = fields.iter().map(|f| (*f).to_owned()).collect();
-    expected.sort();
-    assert_eq!(named, expected, "{status:?}");
-}
-
 #[tokio::test]
 async fn weights_are_stored_as_given_and_converted_on_read() {
-    let stack = start_stack(&[]).await;
-    let mut client = stack.entries().await;
-    let user = stack.new_user().await;
+    let stack = open_stack().await;
+    let (_users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
+    let user = stack.clients().create_user().await;
 
     let created = client
         .create_entry(create(&user, 180.0, LB, 1))
@@ -178,8 +102,9 @@ async fn weights_are_stored_as_given_and_converted_on_read() {
 
 #[tokio::test]
 async fn invalid_entries_name_every_bad_field() {
-    let stack = start_stack(&[]).await;
-    let mut client = stack.entries().await;
+    let stack = open_stack().await;
+    let (_users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
 
     let status = client
         .create_entry(pb::CreateEntryRequest {
@@ -204,7 +129,7 @@ async fn invalid_entries_name_every_bad_field() {
     );
 
     // PostgreSQL cannot store U+0000: refused at the edge, on every backend.
-    let user = stack.new_user().await;
+    let user = stack.clients().create_user().await;
     for note in ["nul\u{0}byte", "escape\u{1b}[31m", "carriage\rreturn"] {
         let status = client
             .create_entry(pb::CreateEntryRequest {
@@ -259,34 +184,20 @@ async fn invalid_entries_name_every_bad_field() {
 
 #[tokio::test]
 async fn the_user_must_exist_and_the_users_service_be_reachable() {
-    let stack = start_stack(&[]).await;
-    let mut client = stack.entries().await;
+    let stack = open_stack().await;
+    let (users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
 
     let unknown = client
         .create_entry(create(&uuid::Uuid::new_v4().to_string(), 80.0, KG, 1))
         .await
         .expect_err("unknown user");
     assert_eq!(unknown.code(), Code::NotFound);
-    assert_eq!(
-        unknown
-            .get_error_details()
-            .error_info()
-            .expect("info")
-            .reason,
-        "USER_NOT_FOUND"
-    );
+    assert_eq!(reason(&unknown), "USER_NOT_FOUND");
 
-    let user = stack.new_user().await;
-    let Stack {
-        users,
-        entries,
-        _users_db,
-        _entries_db,
-    } = stack;
+    let user = stack.clients().create_user().await;
     users.stop().await.expect("stop users");
-    let mut client = EntryServiceClient::connect(entries.url())
-        .await
-        .expect("connect");
+    let mut client = entries_client(&stack).await;
     let unavailable = client
         .create_entry(create(&user, 80.0, KG, 1))
         .await
@@ -296,9 +207,10 @@ async fn the_user_must_exist_and_the_users_service_be_reachable() {
 
 #[tokio::test]
 async fn retries_with_a_request_id_return_the_first_entry() {
-    let stack = start_stack(&[]).await;
-    let mut client = stack.entries().await;
-    let user = stack.new_user().await;
+    let stack = open_stack().await;
+    let (_users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
+    let user = stack.clients().create_user().await;
     let request = pb::CreateEntryRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         ..create(&user, 80.0, KG, 2)
@@ -327,9 +239,10 @@ async fn retries_with_a_request_id_return_the_first_entry() {
 
 #[tokio::test]
 async fn batches_are_atomic_and_bounded() {
-    let stack = start_stack(&[]).await;
-    let mut client = stack.entries().await;
-    let user = stack.new_user().await;
+    let stack = open_stack().await;
+    let (_users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
+    let user = stack.clients().create_user().await;
     let new = |value: f64, day: i32| pb::NewEntry {
         weight: weight(value, KG),
         recorded_on: date(2024, 4, day),
@@ -392,9 +305,10 @@ async fn batches_are_atomic_and_bounded() {
 
 #[tokio::test]
 async fn list_entries_pages_orders_filters_and_converts() {
-    let stack = start_stack(&[]).await;
-    let mut client = stack.entries().await;
-    let user = stack.new_user().await;
+    let stack = open_stack().await;
+    let (_users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
+    let user = stack.clients().create_user().await;
     for day in 1..=9 {
         client
             .create_entry(create(&user, 170.0 + f64::from(day), LB, day))
@@ -480,9 +394,10 @@ async fn list_entries_pages_orders_filters_and_converts() {
 
 #[tokio::test]
 async fn update_and_delete_entries() {
-    let stack = start_stack(&[]).await;
-    let mut client = stack.entries().await;
-    let user = stack.new_user().await;
+    let stack = open_stack().await;
+    let (_users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
+    let user = stack.clients().create_user().await;
     let created = client
         .create_entry(create(&user, 80.0, KG, 1))
         .await
@@ -546,9 +461,10 @@ async fn update_and_delete_entries() {
 
 #[tokio::test]
 async fn summaries_in_one_unit_with_the_trend() {
-    let stack = start_stack(&[]).await;
-    let mut client = stack.entries().await;
-    let user = stack.new_user().await;
+    let stack = open_stack().await;
+    let (_users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
+    let user = stack.clients().create_user().await;
     // 100 kg, 99 kg, 100 kg (in pounds), 97 kg
     for (value, unit, day) in [
         (100.0, KG, 1),
@@ -617,47 +533,15 @@ async fn summaries_in_one_unit_with_the_trend() {
     assert_eq!(empty, pb::SummarizeEntriesResponse::default());
 }
 
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
-
 #[tokio::test]
 async fn purge_is_internal_only_idempotent_and_final() {
-    let stack = start_stack(&[
-        "--api-tokens",
-        "api-token",
-        "--internal-token",
-        "internal-token",
-    ])
-    .await;
-    let mut client = stack.entries().await;
-    let user = {
-        let mut users = UserServiceClient::connect(stack.users.url())
-            .await
-            .expect("connect");
-        users
-            .create_user(with_token(
-                CreateUserRequest {
-                    email: "gone@example.com".into(),
-                    name: "Gone".into(),
-                    password: "correct horse".into(),
-                    weight_unit: KG,
-                },
-                "api-token",
-            ))
-            .await
-            .expect("create user")
-            .into_inner()
-            .id
-    };
+    let stack = Stack::new(TestDatabase::sqlite()).await;
+    let (_users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
+    let user = stack.clients().create_user().await;
     for day in 1..=3 {
         client
-            .create_entry(with_token(create(&user, 80.0, KG, day), "api-token"))
+            .create_entry(authorized(create(&user, 80.0, KG, day)))
             .await
             .expect("create");
     }
@@ -666,7 +550,7 @@ async fn purge_is_internal_only_idempotent_and_final() {
     };
 
     let denied = client
-        .purge_user_entries(with_token(purge(), "api-token"))
+        .purge_user_entries(authorized(purge()))
         .await
         .expect_err("api token");
     assert_eq!(denied.code(), Code::PermissionDenied);
@@ -677,31 +561,28 @@ async fn purge_is_internal_only_idempotent_and_final() {
     assert_eq!(anonymous.code(), Code::Unauthenticated);
 
     let purged = client
-        .purge_user_entries(with_token(purge(), "internal-token"))
+        .purge_user_entries(with_token(purge(), INTERNAL_TOKEN))
         .await
         .expect("purge")
         .into_inner();
     assert_eq!(purged.deleted_count, 3);
     let again = client
-        .purge_user_entries(with_token(purge(), "internal-token"))
+        .purge_user_entries(with_token(purge(), INTERNAL_TOKEN))
         .await
         .expect("again")
         .into_inner();
     assert_eq!(again.deleted_count, 0);
 
     let refused = client
-        .create_entry(with_token(create(&user, 80.0, KG, 4), "api-token"))
+        .create_entry(authorized(create(&user, 80.0, KG, 4)))
         .await
         .expect_err("purged user");
     assert_eq!(refused.code(), Code::FailedPrecondition);
     let listed = client
-        .list_entries(with_token(
-            pb::ListEntriesRequest {
-                user_id: user,
-                ..Default::default()
-            },
-            "api-token",
-        ))
+        .list_entries(authorized(pb::ListEntriesRequest {
+            user_id: user,
+            ..Default::default()
+        }))
         .await
         .expect("list")
         .into_inner();
@@ -712,10 +593,8 @@ async fn purge_is_internal_only_idempotent_and_final() {
 /// reflection, not the users service, and describes each (v1 and v1alpha).
 #[tokio::test]
 async fn reflection_serves_exactly_this_port() {
-    let stack = start_stack(&[]).await;
-    heft_test_support::assert_reflection_serves_exactly(
-        &stack.entries.url(),
-        heft_entries::SERVICE_NAME,
-    )
-    .await;
+    let stack = open_stack().await;
+    let (_users, entries) = stack.spawn().await;
+    heft_test_support::assert_reflection_serves_exactly(&entries.url(), heft_entries::SERVICE_NAME)
+        .await;
 }

@@ -1,9 +1,11 @@
 //! TLS by configuration: both listeners and both directions of the calls
 //! between the services, with certificates from a test CA.
 
+mod common;
+
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::Parser;
+use common::Stack;
 use heft_proto::{
     common::v1::{Weight, WeightUnit},
     entries::v1::{CreateEntryRequest, entry_service_client::EntryServiceClient},
@@ -12,7 +14,7 @@ use heft_proto::{
         CreateUserRequest, DeleteUserRequest, PurgeState, user_service_client::UserServiceClient,
     },
 };
-use heft_test_support::{RunningService, TestDatabase};
+use heft_test_support::TestDatabase;
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -62,12 +64,6 @@ fn pki() -> Pki {
     }
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-}
-
 async fn tls_channel(addr: SocketAddr, ca_pem: &str) -> Channel {
     Channel::from_shared(format!("https://{addr}"))
         .expect("url")
@@ -81,50 +77,20 @@ async fn tls_channel(addr: SocketAddr, ca_pem: &str) -> Channel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_serve_and_call_each_other_over_tls() {
     let pki = pki();
-    let (users_addr, entries_addr) = (free_port(), free_port());
-    let (users_db, entries_db) = (TestDatabase::sqlite(), TestDatabase::sqlite());
-    let tls_flags = |peer_flag: &str, peer: SocketAddr| {
-        vec![
+    let mut stack = Stack::new(TestDatabase::sqlite()).await.without_tokens();
+    for spec in [&mut stack.users_spec, &mut stack.entries_spec] {
+        spec.peer_url = spec.peer_url.replacen("http://", "https://", 1);
+        spec.extra_args = vec![
             "--tls-cert".to_owned(),
             pki.cert.display().to_string(),
             "--tls-key".to_owned(),
             pki.key.display().to_string(),
             "--tls-ca".to_owned(),
             pki.ca.display().to_string(),
-            peer_flag.to_owned(),
-            format!("https://{peer}"),
-        ]
-    };
-
-    let mut users_args = vec![
-        "heft-users".to_owned(),
-        "--database-url".to_owned(),
-        users_db.url.clone(),
-        "--metrics-listen=127.0.0.1:0".to_owned(),
-    ];
-    users_args.extend(tls_flags("--entries-url", entries_addr));
-    let users_config = heft_users::Cli::try_parse_from(users_args)
-        .expect("flags")
-        .config;
-    let _users = RunningService::start_on(&users_addr.to_string(), move |listener, shutdown| {
-        heft_users::serve_with_listener(users_config, listener, shutdown)
-    })
-    .await;
-    let mut entries_args = vec![
-        "heft-entries".to_owned(),
-        "--database-url".to_owned(),
-        entries_db.url.clone(),
-        "--metrics-listen=127.0.0.1:0".to_owned(),
-    ];
-    entries_args.extend(tls_flags("--users-url", users_addr));
-    let entries_config = heft_entries::Cli::try_parse_from(entries_args)
-        .expect("flags")
-        .config;
-    let _entries =
-        RunningService::start_on(&entries_addr.to_string(), move |listener, shutdown| {
-            heft_entries::serve_with_listener(entries_config, listener, shutdown)
-        })
-        .await;
+        ];
+    }
+    let (_users, _entries) = stack.spawn().await;
+    let (users_addr, entries_addr) = (stack.users_spec.listen, stack.entries_spec.listen);
 
     let mut users = UserServiceClient::new(tls_channel(users_addr, &pki.ca_pem).await);
     let mut entries = EntryServiceClient::new(tls_channel(entries_addr, &pki.ca_pem).await);
