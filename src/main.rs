@@ -74,7 +74,7 @@ async fn run_both() -> anyhow::Result<()> {
     ));
     // Whichever ends first (a signal, or a failure to start) stops the other.
     let (first, other) = tokio::select! {
-        () = heft_service::server::shutdown_signal() => {
+        () = heft_service::host::shutdown_signal() => {
             let _ = stop.send(true);
             (users.await, entries)
         }

@@ -31,8 +31,8 @@ async fn entries_client(stack: &Stack) -> EntryServiceClient<Channel> {
         .await
         .expect("connect")
         // A full batch's response exceeds tonic's default 4 MiB.
-        .max_decoding_message_size(heft_entries::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(heft_entries::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(heft_proto::codec::MAX_BATCH_MESSAGE_BYTES)
+        .max_encoding_message_size(heft_proto::codec::MAX_BATCH_MESSAGE_BYTES)
 }
 
 fn date(year: i32, month: i32, day: i32) -> Option<Date> {

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt, stream};
+use heft_service::db::Database;
 
 use crate::{
     Config,
@@ -72,7 +73,8 @@ pub async fn run(
     args: &AuditArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<AuditOutcome> {
-    let store = store::open(config.database_url.expose()).await?;
+    let database = Database::open(config.database_url.expose(), &store::MIGRATIONS).await?;
+    let store = store::on(&database);
     let users = crate::users_client(config)?;
     let tally = find_orphans(store.as_ref(), &users, out).await?;
     let orphan_entries: u64 = tally.orphans.iter().map(|(_, count)| count).sum();

@@ -3,14 +3,17 @@
 //! service's cascade.
 #![forbid(unsafe_code)]
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr};
 
-use heft_proto::entries::v1::entry_service_server::EntryServiceServer;
+use heft_proto::{
+    codec::MAX_BATCH_MESSAGE_BYTES, entries::v1::entry_service_server::EntryServiceServer,
+};
 use heft_service::{
+    client::{self, InternalCredentials},
     config::{CommonArgs, DatabaseUrl},
-    metrics::{self, Metrics},
+    db::Database,
+    host::{self, Host},
     pagination::{PageTokens, generate_key},
-    server::{self, InternalCredentials, Serving},
 };
 use tokio::net::TcpListener;
 
@@ -20,10 +23,6 @@ pub mod domain;
 pub mod purge;
 pub mod store;
 pub mod users_client;
-
-/// Largest request or response of the service: BatchCreateEntries's. The
-/// codec holds every other method to 4 MiB (`heft_proto::codec`).
-pub use heft_proto::codec::MAX_BATCH_MESSAGE_BYTES as MAX_MESSAGE_BYTES;
 
 /// The service name health checks and reflection know it by.
 pub const SERVICE_NAME: &str = "heft.entries.v1.EntryService";
@@ -77,10 +76,10 @@ pub struct Config {
 
 /// Binds `HEFT_ENTRIES_LISTEN` and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    serve_with_listener(config, listener, server::shutdown_signal()).await
+    host::run(config.listen, |listener, shutdown| {
+        serve_with_listener(config, listener, shutdown)
+    })
+    .await
 }
 
 /// Migrates the database, then serves on `listener` until `shutdown` resolves.
@@ -89,60 +88,34 @@ pub async fn serve_with_listener(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let tokens = config.common.tokens()?;
-    config
-        .common
-        .check_exposure(&tokens, listener.local_addr()?)?;
-    let store = store::open(config.database_url.expose()).await?;
-    let page_tokens = PageTokens::new(store.signing_key("page_token", &generate_key()).await?);
-    let users = users_client(&config)?;
-    let api = api::EntryApi::new(store.clone(), users, page_tokens, config.purge.clone());
-
-    let metrics_listener = metrics::bind(&config.metrics_listen).await?;
-    let metrics = Arc::new(Metrics::new(SERVICE_NAME));
-    let refresh_metrics: metrics::Refresh = {
-        let (metrics, store) = (metrics.clone(), store.clone());
-        Arc::new(move || {
-            let (size, idle) = store.pool_connections();
-            metrics.set_pool_connections(size, idle);
-            Box::pin(async {})
-        })
-    };
-    let (router, health) = server::base_router(
+    let host = Host::new(
         SERVICE_NAME,
-        tokens,
-        &config.common.limits,
-        metrics.clone(),
-        config.common.server_tls()?,
+        &config.common,
+        &config.metrics_listen,
+        listener,
     )
     .await?;
-    let router = router.add_service(
-        EntryServiceServer::new(api)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    let database = Database::open(config.database_url.expose(), &store::MIGRATIONS).await?;
+    let page_tokens = PageTokens::new(database.signing_key("page_token", &generate_key()).await?);
+    let users = users_client(&config)?;
+    let api = api::EntryApi::new(
+        store::on(&database),
+        users,
+        page_tokens,
+        config.purge.clone(),
     );
-    server::serve(
-        Serving {
-            router,
-            health,
-            service_name: SERVICE_NAME,
-            listener,
-            grace: config.common.shutdown_grace(),
-            ready: Arc::new(move || {
-                let store = store.clone();
-                Box::pin(async move { store.ping().await.is_ok() })
-            }),
-            metrics: metrics_listener.map(|listener| (listener, metrics, refresh_metrics)),
-        },
-        shutdown,
-    )
-    .await
+    // The largest message is BatchCreateEntries's; the codec holds every
+    // other method to its own limit (`heft_proto::codec`).
+    let service = EntryServiceServer::new(api)
+        .max_decoding_message_size(MAX_BATCH_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_BATCH_MESSAGE_BYTES);
+    host.serve(service, database, None, shutdown).await
 }
 
 /// The client this service asks whether users exist.
 fn users_client(config: &Config) -> anyhow::Result<users_client::UsersClient> {
     Ok(users_client::UsersClient::new(
-        server::channel(
+        client::channel(
             &config.users_url,
             config.common.client_tls()?,
             std::time::Duration::from_secs(1),
@@ -174,7 +147,7 @@ pub async fn main(cli: Cli) -> std::process::ExitCode {
             }
         }
         command => {
-            server::main(
+            host::main(
                 "heft-entries",
                 matches!(command, Some(Command::Healthcheck)),
                 &config.common,
@@ -188,6 +161,5 @@ pub async fn main(cli: Cli) -> std::process::ExitCode {
 
 /// The `healthcheck` subcommand: true when the service reports SERVING.
 pub async fn healthcheck(config: &Config) -> anyhow::Result<bool> {
-    let url = server::local_url(config.listen, config.common.tls_cert.is_some());
-    server::healthcheck(&url, config.common.client_tls()?).await
+    client::check_local_service(config.listen, &config.common).await
 }

@@ -12,8 +12,8 @@ use std::{
 use heft_proto::users::v1::{GetUserRequest, user_service_client::UserServiceClient};
 use heft_service::{
     ErrorCode, RequestId, ServiceError,
+    client::InternalCredentials,
     peer::{self, PeerAnswer},
-    server::InternalCredentials,
 };
 use tonic::transport::Channel;
 
@@ -134,7 +134,7 @@ impl UsersClient {
             }
             PeerAnswer::Refused => {
                 tracing::error!(
-                    %user_id, error = %described, check = peer::what_to_check(status.code()),
+                    %user_id, error = %described, check = peer::what_to_check(status.code(), "HEFT_USERS_URL"),
                     "users service refused the lookup"
                 );
                 Err(UsersError::Refused(described))

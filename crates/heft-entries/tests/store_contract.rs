@@ -12,12 +12,15 @@ use heft_entries::{
     purge::{self, PurgeProgress},
     store::{self, EntryStore, StoreError},
 };
-use heft_service::time;
+use heft_service::{db::Database, time};
 use heft_test_support::{TestDatabase, backend_tests};
 use uuid::Uuid;
 
 async fn open(db: &TestDatabase) -> Arc<dyn EntryStore> {
-    store::open(&db.url).await.expect("open store")
+    let database = Database::open(&db.url, &store::MIGRATIONS)
+        .await
+        .expect("open database");
+    store::on(&database)
 }
 
 fn day(n: u32) -> NaiveDate {

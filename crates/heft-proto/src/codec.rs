@@ -9,8 +9,8 @@
 //! decoder refuses a message that breaks its limits with a status naming the
 //! field, as the handlers' own validation would.
 //!
-//! This is the one place outside `heft_service::error` that builds a status:
-//! the codec runs inside tonic, before any heft layer sees the request.
+//! The codec runs inside tonic, before any heft layer sees the request; its
+//! refusals are built by [`crate::status`], as every heft error is.
 
 use std::marker::PhantomData;
 
@@ -20,14 +20,14 @@ use tonic::{
     Code, Status,
     codec::{Codec, DecodeBuf, Decoder},
 };
-use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{entries::v1 as entries, users::v1 as users};
+use crate::{entries::v1 as entries, status::ErrorStatus, users::v1 as users};
 
-/// Largest message of any method but BatchCreateEntries.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest request or response of any method but BatchCreateEntries.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest BatchCreateEntries request or response: 10,000 entries with
-/// 500-character notes of up to 4 bytes per character (~21 MB) fit.
+/// 500-character notes of up to 4 bytes per character (~21 MB) fit. Also
+/// the largest message the entries service's transport admits.
 pub const MAX_BATCH_MESSAGE_BYTES: usize = 24 * 1024 * 1024;
 /// Most entries one BatchCreateEntries may carry.
 pub const MAX_BATCH_ENTRIES: usize = 10_000;
@@ -53,32 +53,27 @@ impl WireViolation {
         }
     }
 
-    /// AIP-193, as every heft error: ErrorInfo (domain `heft`) and a
-    /// BadRequest naming the field.
+    /// AIP-193, as every heft error: ErrorInfo and a BadRequest naming the field.
     pub fn to_status(&self) -> Status {
-        let mut details = ErrorDetails::new();
         let reason = match self.code {
             Code::ResourceExhausted => "MESSAGE_TOO_LARGE",
             _ => "INVALID_ARGUMENT",
         };
-        details.set_error_info(
+        ErrorStatus {
+            code: self.code,
             reason,
-            "heft",
-            std::collections::HashMap::<String, String>::new(),
-        );
-        details.add_bad_request_violation(self.field, &self.description);
-        Status::with_error_details(
-            self.code,
-            format!("{}: {}", self.field, self.description),
-            details,
-        )
+            message: &format!("{}: {}", self.field, self.description),
+            violations: &[(self.field, &self.description)],
+            retry_after: None,
+        }
+        .to_status()
     }
 }
 
 /// What a message type allows on the wire.
 pub trait WireLimits {
     /// Largest encoded message.
-    const MAX_BYTES: usize = DEFAULT_MAX_MESSAGE_BYTES;
+    const MAX_BYTES: usize = MAX_MESSAGE_BYTES;
 
     /// Counts what must be bounded before decoding. Malformed bytes pass:
     /// prost reports them.
@@ -284,9 +279,16 @@ impl<U: Message + Default + WireLimits> Decoder for BoundedDecoder<U> {
         if bytes.len() == len {
             U::check_wire(bytes).map_err(|violation| violation.to_status())?;
         }
-        U::decode(buf)
-            .map(Some)
-            .map_err(|error| Status::invalid_argument(format!("malformed message: {error}")))
+        U::decode(buf).map(Some).map_err(|error| {
+            ErrorStatus {
+                code: Code::InvalidArgument,
+                reason: "MALFORMED_MESSAGE",
+                message: &format!("malformed message: {error}"),
+                violations: &[],
+                retry_after: None,
+            }
+            .to_status()
+        })
     }
 }
 

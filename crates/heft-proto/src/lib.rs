@@ -27,11 +27,20 @@ pub mod heft {
     pub mod entries {
         pub mod v1 {
             tonic::include_proto!("heft.entries.v1");
+
+            /// `ErrorInfo` reasons of the entries contract that a client
+            /// (the users service's cascade) acts on.
+            pub mod reason {
+                /// PurgeUserEntries's deadline came before its last batch:
+                /// the purge made progress and the next delivery resumes it.
+                pub const PURGE_INCOMPLETE: &str = "PURGE_INCOMPLETE";
+            }
         }
     }
 }
 
 pub mod codec;
+pub mod status;
 
 pub use heft::{common, entries, users};
 

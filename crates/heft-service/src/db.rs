@@ -1,6 +1,10 @@
-//! Database plumbing both services share: connecting and migrating, the
-//! classification of driver errors, and the shared signing key.
+//! The database both services stand on: connecting and migrating, the
+//! readiness ping, the pool's figures and the shared signing keys, written
+//! once for PostgreSQL and SQLite; and what every store shares (errors,
+//! instants in columns, warm connections).
 
+mod error;
+mod timestamp;
 pub mod warm;
 
 use std::time::Duration;
@@ -11,6 +15,9 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
+
+pub use error::{DbError, is_unavailable, violates_unique};
+pub use timestamp::Timestamp;
 
 /// A call waits at most this long for a connection before `UNAVAILABLE`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,10 +36,85 @@ const POSTGRES_SESSION_LIMITS: [(&str, &str); 3] = [
 /// round trip per call, and a dropped connection shows as an error at once.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
 
-/// Connects to PostgreSQL and runs `migrator`.
-pub async fn connect_postgres(url: &str, migrator: &Migrator) -> anyhow::Result<PgPool> {
+/// A service's schema, for each backend (`sqlx::migrate!` of its folders).
+#[derive(Debug)]
+pub struct Migrations {
+    pub postgres: Migrator,
+    pub sqlite: Migrator,
+}
+
+/// An open, migrated database: the pool a store runs its statements on.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same code on whichever pool `$database` holds: the statements
+/// that read alike on both backends are written once.
+macro_rules! on_either_pool {
+    ($database:expr, $pool:ident => $body:expr) => {
+        match $database {
+            Database::Postgres($pool) => $body,
+            Database::Sqlite($pool) => $body,
+        }
+    };
+}
+
+// The same statements serve both backends ($1 is positional in SQLite too).
+const INSERT_SIGNING_KEY: &str =
+    "INSERT INTO signing_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+const SELECT_SIGNING_KEY: &str = "SELECT key FROM signing_keys WHERE name = $1";
+
+impl Database {
+    /// Connects to the database a `postgres://` or `sqlite:` URL names and
+    /// brings its schema up to date.
+    pub async fn open(url: &str, migrations: &Migrations) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = connect_postgres(url).await?;
+            migrations.postgres.run(&pool).await?;
+            Ok(Database::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let pool = connect_sqlite(url).await?;
+            migrations.sqlite.run(&pool).await?;
+            Ok(Database::Sqlite(pool))
+        } else {
+            anyhow::bail!("unsupported database url: expected postgres:// or sqlite://")
+        }
+    }
+
+    /// Whether the database answers now, on a pooled connection (readiness).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        on_either_pool!(self, pool => pool.acquire().await?.ping().await?);
+        Ok(())
+    }
+
+    /// Connections of the pool: all of them, and those idle.
+    pub fn pool_connections(&self) -> (u32, usize) {
+        on_either_pool!(self, pool => (pool.size(), pool.num_idle()))
+    }
+
+    /// The key `name` shared by every replica on this database (page tokens,
+    /// the login throttle), created from `candidate` by the first replica
+    /// that asks.
+    pub async fn signing_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, DbError> {
+        on_either_pool!(self, pool => {
+            sqlx::query(INSERT_SIGNING_KEY)
+                .bind(name)
+                .bind(candidate)
+                .execute(pool)
+                .await?;
+            Ok(sqlx::query_scalar(SELECT_SIGNING_KEY)
+                .bind(name)
+                .fetch_one(pool)
+                .await?)
+        })
+    }
+}
+
+async fn connect_postgres(url: &str) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse()?;
-    let pool = PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .test_before_acquire(false)
@@ -46,14 +128,11 @@ pub async fn connect_postgres(url: &str, migrator: &Migrator) -> anyhow::Result<
             })
         })
         .connect_with(options.options(POSTGRES_SESSION_LIMITS))
-        .await?;
-    migrator.run(&pool).await?;
-    Ok(pool)
+        .await?)
 }
 
-/// Opens (creating file and directory if needed) a SQLite database in WAL
-/// mode and runs `migrator`.
-pub async fn connect_sqlite(url: &str, migrator: &Migrator) -> anyhow::Result<SqlitePool> {
+/// Opens (creating file and directory if needed) a SQLite database in WAL mode.
+async fn connect_sqlite(url: &str) -> anyhow::Result<SqlitePool> {
     let options: SqliteConnectOptions = url.parse()?;
     if let Some(dir) = options.get_filename().parent() {
         std::fs::create_dir_all(dir)?;
@@ -69,108 +148,11 @@ pub async fn connect_sqlite(url: &str, migrator: &Migrator) -> anyhow::Result<Sq
         // A writer waits at most this long for SQLite's write lock.
         .busy_timeout(ACQUIRE_TIMEOUT)
         .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
+    Ok(SqlitePoolOptions::new()
         .max_connections(8)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         // A connection to a local file cannot drop: no ping before use.
         .test_before_acquire(false)
         .connect_with(options)
-        .await?;
-    migrator.run(&pool).await?;
-    Ok(pool)
-}
-
-/// Whether a database error is worth retrying (`UNAVAILABLE`): the database
-/// was unreachable, overloaded, shutting down, or rolled the transaction back
-/// for a conflict; as opposed to refusing the statement for good.
-pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Database(db) => {
-            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                // SQLSTATE classes 08 connection exception, 40 transaction
-                // rollback (deadlock, serialization), 53 insufficient
-                // resources, 57 operator intervention (shutdown).
-                matches!(pg.code().get(..2), Some("08" | "40" | "53" | "57"))
-            } else {
-                // SQLite primary result codes 5 (BUSY) and 6 (LOCKED); the low
-                // byte of an extended code is its primary code.
-                db.code()
-                    .and_then(|code| code.parse::<i32>().ok())
-                    .is_some_and(|code| matches!(code & 0xff, 5 | 6))
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether the database answers, on a pooled connection (readiness).
-pub async fn ping<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Result<(), sqlx::Error> {
-    use sqlx::Connection;
-    pool.acquire().await?.ping().await
-}
-
-/// Whether `error` violates the unique index `index` on `columns`
-/// (`table.column`). PostgreSQL names the index; SQLite names the columns
-/// ("UNIQUE constraint failed: users.email") or, for an index on an
-/// expression, the index ("… failed: index 'name'").
-pub fn violates_unique(error: &sqlx::Error, index: &str, columns: &str) -> bool {
-    let sqlx::Error::Database(db) = error else {
-        return false;
-    };
-    if !db.is_unique_violation() {
-        return false;
-    }
-    match db.constraint() {
-        Some(name) => name == index,
-        None => {
-            let message = db.message();
-            message.ends_with(&format!(": {columns}"))
-                || message.ends_with(&format!("index '{index}'"))
-        }
-    }
-}
-
-// The same statements serve both backends ($1 is positional in SQLite too).
-const INSERT_SIGNING_KEY: &str =
-    "INSERT INTO signing_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
-const SELECT_SIGNING_KEY: &str = "SELECT key FROM signing_keys WHERE name = $1";
-
-/// The key `name` of a PostgreSQL database (page tokens, the login
-/// throttle), created from `candidate` by the first replica that asks, so
-/// that every replica on the database uses the same one.
-pub async fn signing_key_postgres(
-    pool: &PgPool,
-    name: &str,
-    candidate: &[u8],
-) -> Result<Vec<u8>, sqlx::Error> {
-    sqlx::query(INSERT_SIGNING_KEY)
-        .bind(name)
-        .bind(candidate)
-        .execute(pool)
-        .await?;
-    sqlx::query_scalar(SELECT_SIGNING_KEY)
-        .bind(name)
-        .fetch_one(pool)
-        .await
-}
-
-/// [`signing_key_postgres`] for SQLite.
-pub async fn signing_key_sqlite(
-    pool: &SqlitePool,
-    name: &str,
-    candidate: &[u8],
-) -> Result<Vec<u8>, sqlx::Error> {
-    sqlx::query(INSERT_SIGNING_KEY)
-        .bind(name)
-        .bind(candidate)
-        .execute(pool)
-        .await?;
-    sqlx::query_scalar(SELECT_SIGNING_KEY)
-        .bind(name)
-        .fetch_one(pool)
-        .await
+        .await?)
 }

@@ -1,17 +1,20 @@
-//! The one place where service errors become `tonic::Status` (Google AIP-193).
+//! Service errors as `tonic::Status` (Google AIP-193).
 //!
 //! Each layer of a service has its own error enum; every variant names an
 //! [`ErrorCode`] from this deliberately small set and an UPPER_SNAKE reason.
 //! [`to_status`] turns any of them into a status with `google.rpc.ErrorInfo`,
-//! a `google.rpc.BadRequest` for invalid fields and `google.rpc.RetryInfo`.
+//! a `google.rpc.BadRequest` for invalid fields and `google.rpc.RetryInfo`,
+//! assembled by `heft_proto::status` (which the codec uses too). A layer that
+//! wraps the errors of the layers below ([`LayeredError`]) passes them
+//! through unchanged; [`into_status!`](crate::into_status) gives each error
+//! type its `From<_> for tonic::Status`, so that handlers use `?`.
 
 use std::time::Duration;
 
+use heft_proto::status::ErrorStatus;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
-/// The domain of every `google.rpc.ErrorInfo` heft returns.
-pub const ERROR_DOMAIN: &str = "heft";
+pub use heft_proto::status::ERROR_DOMAIN;
 
 /// The status codes heft answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +82,65 @@ pub trait ServiceError: std::error::Error {
     }
 }
 
+/// What one variant of a layered error is: an error of a layer below,
+/// passed through as it is, or one of the layer's own.
+pub enum Layer<'a> {
+    Inner(&'a dyn ServiceError),
+    Own {
+        code: ErrorCode,
+        reason: &'static str,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Layer<'_> {
+    /// An error of the layer's own, with nothing to wait for.
+    pub fn own(code: ErrorCode, reason: &'static str) -> Self {
+        Layer::Own {
+            code,
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+/// An error enum that wraps the errors of the layers below it (a store's
+/// database errors, an API's invalid requests and store errors) beside
+/// variants of its own: saying which is which is all it writes.
+pub trait LayeredError: std::error::Error {
+    fn layer(&self) -> Layer<'_>;
+}
+
+impl<E: LayeredError> ServiceError for E {
+    fn error_code(&self) -> ErrorCode {
+        match self.layer() {
+            Layer::Inner(inner) => inner.error_code(),
+            Layer::Own { code, .. } => code,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self.layer() {
+            Layer::Inner(inner) => inner.reason(),
+            Layer::Own { reason, .. } => reason,
+        }
+    }
+
+    fn field_violations(&self) -> &[FieldViolation] {
+        match self.layer() {
+            Layer::Inner(inner) => inner.field_violations(),
+            Layer::Own { .. } => &[],
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self.layer() {
+            Layer::Inner(inner) => inner.retry_after(),
+            Layer::Own { retry_after, .. } => retry_after,
+        }
+    }
+}
+
 /// Builds the status for an error. Internal errors are logged here with their
 /// cause and reach the caller only as "internal error".
 pub fn to_status(error: &dyn ServiceError) -> Status {
@@ -89,21 +151,38 @@ pub fn to_status(error: &dyn ServiceError) -> Status {
     } else {
         error.to_string()
     };
-
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
-        error.reason(),
-        ERROR_DOMAIN,
-        std::collections::HashMap::<String, String>::new(),
-    );
-    for violation in error.field_violations() {
-        details.add_bad_request_violation(&violation.field, &violation.description);
+    let violations: Vec<(&str, &str)> = error
+        .field_violations()
+        .iter()
+        .map(|violation| (violation.field.as_str(), violation.description.as_str()))
+        .collect();
+    ErrorStatus {
+        code: code.into(),
+        reason: error.reason(),
+        message: &message,
+        violations: &violations,
+        retry_after: error.retry_after(),
     }
-    if let Some(delay) = error.retry_after() {
-        details.set_retry_info(Some(delay));
-    }
-    Status::with_error_details(code.into(), message, details)
+    .to_status()
 }
+
+/// `impl From<E> for tonic::Status` through [`to_status`], for each error
+/// type named, so that a handler's `?` turns any of them into its answer.
+/// (The orphan rule allows no blanket impl; each crate names its own types.)
+#[macro_export]
+macro_rules! into_status {
+    ($($error:ty),+ $(,)?) => {
+        $(
+            impl ::core::convert::From<$error> for ::tonic::Status {
+                fn from(error: $error) -> Self {
+                    $crate::error::to_status(&error)
+                }
+            }
+        )+
+    };
+}
+
+into_status!(InvalidRequest, crate::db::DbError, crate::auth::AuthError);
 
 /// Formats an error with its chain of sources: `a: b: c`.
 pub struct DisplayChain<'a>(pub &'a dyn std::error::Error);
@@ -246,6 +325,7 @@ impl ServiceError for InvalidRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic_types::StatusExt;
 
     #[test]
     fn invalid_request_names_every_field_in_one_bad_request() {

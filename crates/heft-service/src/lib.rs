@@ -1,18 +1,20 @@
 //! Plumbing both heft services share: configuration, telemetry, bearer-token
-//! auth, the error-to-status mapping, page tokens, serving and shutdown.
+//! auth, the error-to-status mapping, the database handle, page tokens, the
+//! service host (serving and shutdown) and the client of the other service.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod field_mask;
+pub mod host;
 pub mod keyed;
 pub mod metrics;
 pub mod pagination;
 pub mod peer;
 pub mod rpc_layer;
-pub mod server;
 pub mod telemetry;
 pub mod time;
 

@@ -19,10 +19,6 @@
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-/// The reason PurgeUserEntries gives when its deadline came before the last
-/// batch: the purge made progress and the next delivery resumes it.
-pub const PURGE_INCOMPLETE: &str = "PURGE_INCOMPLETE";
-
 /// The `google.rpc.ErrorInfo` reason of a status, if it carries one.
 pub fn reason(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
@@ -49,18 +45,20 @@ pub fn classify(status: &Status) -> PeerAnswer {
     }
 }
 
-/// What an operator should check when the peer refuses a call.
-pub fn what_to_check(code: Code) -> &'static str {
+/// What an operator should check when the peer refuses a call;
+/// `peer_url_variable` is the setting that says where the peer is.
+pub fn what_to_check(code: Code, peer_url_variable: &str) -> String {
     match code {
         Code::Unauthenticated | Code::PermissionDenied => {
             "HEFT_INTERNAL_TOKEN must share a token on both services; \
              during a rotation list the new token second on both, then first on both"
+                .to_owned()
         }
-        Code::Unimplemented => {
-            "the other service runs a version without this method (a rolling upgrade in progress?) \
-             or HEFT_USERS_URL / HEFT_ENTRIES_URL points at the wrong service"
-        }
-        _ => "the other service's logs, at the request id of this call",
+        Code::Unimplemented => format!(
+            "the other service runs a version without this method (a rolling upgrade in \
+             progress?) or {peer_url_variable} points at the wrong service"
+        ),
+        _ => "the other service's logs, at the request id of this call".to_owned(),
     }
 }
 

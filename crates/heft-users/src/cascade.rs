@@ -15,11 +15,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use heft_proto::entries::v1::{PurgeUserEntriesRequest, entry_service_client::EntryServiceClient};
+use heft_proto::entries::v1::{
+    PurgeUserEntriesRequest, entry_service_client::EntryServiceClient, reason::PURGE_INCOMPLETE,
+};
 use heft_service::{
     RequestId,
+    client::InternalCredentials,
     peer::{self, PeerAnswer},
-    server::InternalCredentials,
 };
 use rand::Rng;
 use tokio::sync::watch;
@@ -173,7 +175,7 @@ impl Cascade {
                 info!(%user_id, %job_id, total_deleted_entries = count, attempts = job.attempts, "entries purged");
                 self.store.complete_purge_job(job_id, count).await
             }
-            Err(status) if peer::reason(&status).as_deref() == Some(peer::PURGE_INCOMPLETE) => {
+            Err(status) if peer::reason(&status).as_deref() == Some(PURGE_INCOMPLETE) => {
                 // Progress, not failure: resume soon, whatever the attempt count.
                 let delay = self.backoff(1);
                 info!(
@@ -196,7 +198,7 @@ impl Cascade {
                 if refused {
                     error!(
                         %user_id, %job_id, attempts = job.attempts, retry_in_ms, code,
-                        message = status.message(), check = peer::what_to_check(status.code()),
+                        message = status.message(), check = peer::what_to_check(status.code(), "HEFT_ENTRIES_URL"),
                         "purge refused by the entries service; will retry"
                     );
                 } else if job.attempts >= ALERT_AFTER_ATTEMPTS {

@@ -8,15 +8,21 @@ use std::{
     sync::{Arc, atomic::AtomicI64},
 };
 
+use heft_proto::codec::MAX_MESSAGE_BYTES;
 use heft_proto::users::v1::user_service_server::UserServiceServer;
 use heft_service::{
+    client::{self, InternalCredentials},
     config::{CommonArgs, DatabaseUrl},
+    db::Database,
+    host::{self, Host},
     keyed::KeyedHash,
-    metrics::{self, FloatGauge, Metrics, StateLabels},
+    metrics::{self, FloatGauge, StateLabels},
     pagination::{PageTokens, generate_key},
-    server::{self, InternalCredentials, MAX_MESSAGE_BYTES, Serving},
 };
-use prometheus_client::metrics::{family::Family, gauge::Gauge};
+use prometheus_client::{
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use tokio::{net::TcpListener, sync::watch};
 
 pub mod api;
@@ -80,10 +86,10 @@ pub struct Config {
 
 /// Binds `HEFT_USERS_LISTEN` and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    serve_with_listener(config, listener, server::shutdown_signal()).await
+    host::run(config.listen, |listener, shutdown| {
+        serve_with_listener(config, listener, shutdown)
+    })
+    .await
 }
 
 /// Migrates the database, then serves on `listener` until `shutdown`
@@ -93,15 +99,23 @@ pub async fn serve_with_listener(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let tokens = config.common.tokens()?;
-    config
-        .common
-        .check_exposure(&tokens, listener.local_addr()?)?;
-    let store = store::open(config.database_url.expose()).await?;
-    let page_tokens = PageTokens::new(store.signing_key("page_token", &generate_key()).await?);
-    let throttle_keys = KeyedHash::new(store.signing_key("login_throttle", &generate_key()).await?);
+    let mut host = Host::new(
+        SERVICE_NAME,
+        &config.common,
+        &config.metrics_listen,
+        listener,
+    )
+    .await?;
+    let database = Database::open(config.database_url.expose(), &store::MIGRATIONS).await?;
+    let store = store::on(&database);
+    let page_tokens = PageTokens::new(database.signing_key("page_token", &generate_key()).await?);
+    let throttle_keys = KeyedHash::new(
+        database
+            .signing_key("login_throttle", &generate_key())
+            .await?,
+    );
     let hasher = password::PasswordHasher::new(&config.hashing)?;
-    let entries = server::channel(
+    let entries = client::channel(
         &config.entries_url,
         config.common.client_tls()?,
         std::time::Duration::from_secs(1),
@@ -112,10 +126,9 @@ pub async fn serve_with_listener(
         InternalCredentials::new(config.common.outgoing_internal_token())?,
         config.cascade.clone(),
     ));
-    let metrics_listener = metrics::bind(&config.metrics_listen).await?;
-    let (metrics, refresh_metrics) = service_metrics(store.clone(), hasher.clone());
+    let refresh = register_metrics(host.registry(), store.clone(), hasher.clone());
     let api = api::UserApi::new(
-        store.clone(),
+        store,
         hasher,
         domain::LoginThrottle::default(),
         throttle_keys,
@@ -125,36 +138,10 @@ pub async fn serve_with_listener(
 
     let (stop_dispatcher, dispatcher_stopped) = watch::channel(false);
     let dispatcher = tokio::spawn(cascade.run_dispatcher(dispatcher_stopped));
-
-    let (router, health) = server::base_router(
-        SERVICE_NAME,
-        tokens,
-        &config.common.limits,
-        metrics.clone(),
-        config.common.server_tls()?,
-    )
-    .await?;
-    let router = router.add_service(
-        UserServiceServer::new(api)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-    );
-    let served = server::serve(
-        Serving {
-            router,
-            health,
-            service_name: SERVICE_NAME,
-            listener,
-            grace: config.common.shutdown_grace(),
-            ready: Arc::new(move || {
-                let store = store.clone();
-                Box::pin(async move { store.ping().await.is_ok() })
-            }),
-            metrics: metrics_listener.map(|listener| (listener, metrics, refresh_metrics)),
-        },
-        shutdown,
-    )
-    .await;
+    let service = UserServiceServer::new(api)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let served = host.serve(service, database, Some(refresh), shutdown).await;
 
     let _ = stop_dispatcher.send(true);
     if tokio::time::timeout(config.common.shutdown_grace(), dispatcher)
@@ -166,17 +153,16 @@ pub async fn serve_with_listener(
     served
 }
 
-/// The shared series, and heft-users' own: the purge queue as the database
-/// has it (so every replica reports the same), and hashes in flight.
-fn service_metrics(
+/// heft-users' own series: the purge queue as the database has it (so every
+/// replica reports the same), and hashes in flight.
+fn register_metrics(
+    registry: &mut Registry,
     store: Arc<dyn store::UserStore>,
     hasher: password::PasswordHasher,
-) -> (Arc<Metrics>, metrics::Refresh) {
-    let mut metrics = Metrics::new(SERVICE_NAME);
+) -> metrics::Refresh {
     let purge_jobs = Family::<StateLabels, Gauge>::default();
     let oldest_pending = FloatGauge::default();
     let hashes_in_flight = Gauge::<i64, AtomicI64>::default();
-    let registry = metrics.registry_mut();
     registry.register(
         "heft_purge_jobs",
         "purge jobs by state (pending or purged)",
@@ -192,49 +178,42 @@ fn service_metrics(
         "argon2 hashes running or holding a slot",
         hashes_in_flight.clone(),
     );
-    let metrics = Arc::new(metrics);
-    let refresh: metrics::Refresh = {
-        let metrics = metrics.clone();
-        Arc::new(move || {
-            let (metrics, store, hasher) = (metrics.clone(), store.clone(), hasher.clone());
-            let (purge_jobs, oldest_pending, hashes_in_flight) = (
-                purge_jobs.clone(),
-                oldest_pending.clone(),
-                hashes_in_flight.clone(),
-            );
-            Box::pin(async move {
-                let (size, idle) = store.pool_connections();
-                metrics.set_pool_connections(size, idle);
-                hashes_in_flight.set(i64::try_from(hasher.in_flight()).unwrap_or(i64::MAX));
-                match store.purge_queue_stats().await {
-                    Ok(stats) => {
-                        purge_jobs
-                            .get_or_create(&StateLabels { state: "pending" })
-                            .set(stats.pending);
-                        purge_jobs
-                            .get_or_create(&StateLabels { state: "purged" })
-                            .set(stats.purged);
-                        oldest_pending.set(
-                            stats
-                                .oldest_pending_age
-                                .map_or(0.0, |age| age.as_secs_f64()),
-                        );
-                    }
-                    Err(error) => tracing::warn!(
-                        error = %heft_service::error::DisplayChain(&error),
-                        "cannot read the purge queue for metrics"
-                    ),
+    Arc::new(move || {
+        let (store, hasher) = (store.clone(), hasher.clone());
+        let (purge_jobs, oldest_pending, hashes_in_flight) = (
+            purge_jobs.clone(),
+            oldest_pending.clone(),
+            hashes_in_flight.clone(),
+        );
+        Box::pin(async move {
+            hashes_in_flight.set(i64::try_from(hasher.in_flight()).unwrap_or(i64::MAX));
+            match store.purge_queue_stats().await {
+                Ok(stats) => {
+                    purge_jobs
+                        .get_or_create(&StateLabels { state: "pending" })
+                        .set(stats.pending);
+                    purge_jobs
+                        .get_or_create(&StateLabels { state: "purged" })
+                        .set(stats.purged);
+                    oldest_pending.set(
+                        stats
+                            .oldest_pending_age
+                            .map_or(0.0, |age| age.as_secs_f64()),
+                    );
                 }
-            })
+                Err(error) => tracing::warn!(
+                    error = %heft_service::error::DisplayChain(&error),
+                    "cannot read the purge queue for metrics"
+                ),
+            }
         })
-    };
-    (metrics, refresh)
+    })
 }
 
 /// The body of the `heft-users` binary (and of `heft users`).
 pub async fn main(cli: Cli) -> std::process::ExitCode {
     let config = cli.config;
-    server::main(
+    host::main(
         "heft-users",
         matches!(cli.command, Some(Command::Healthcheck)),
         &config.common,
@@ -246,6 +225,5 @@ pub async fn main(cli: Cli) -> std::process::ExitCode {
 
 /// The `healthcheck` subcommand: true when the service reports SERVING.
 pub async fn healthcheck(config: &Config) -> anyhow::Result<bool> {
-    let url = server::local_url(config.listen, config.common.tls_cert.is_some());
-    server::healthcheck(&url, config.common.client_tls()?).await
+    client::check_local_service(config.listen, &config.common).await
 }

@@ -76,6 +76,8 @@ impl ServiceError for HashError {
     }
 }
 
+heft_service::into_status!(HashError);
+
 /// A call admitted to hashing, waiting or running; released when dropped
 /// (the hash done, or the caller gone while it waited).
 struct Admission(Arc<AtomicUsize>);

@@ -515,7 +515,7 @@ async fn weaker_hashes_are_upgraded_on_login() {
     create(&mut client(&weak).await, "ada@example.com").await;
     weak.stop().await.expect("stop");
 
-    let store = heft_users::store::open(&db.url).await.expect("store");
+    let store = open_store(&db).await;
     let email = heft_users::domain::Email::parse("ada@example.com").expect("email");
     let before = store
         .find_credentials(&email)
@@ -572,7 +572,7 @@ async fn delete_user_answers_pending_when_entries_is_down() {
         .expect_err("already deleted");
     assert_eq!(again.code(), Code::NotFound);
 
-    let store = heft_users::store::open(&db.url).await.expect("store");
+    let store = open_store(&db).await;
     assert_eq!(store.purge_queue_stats().await.expect("stats").pending, 1);
 
     let reborn = create(&mut client, "ada@example.com").await;
@@ -858,4 +858,11 @@ async fn oversized_header_lists_are_refused() {
         .list_users(pb::ListUsersRequest::default())
         .await
         .expect("still serving");
+}
+
+async fn open_store(db: &TestDatabase) -> std::sync::Arc<dyn heft_users::store::UserStore> {
+    let database = heft_service::db::Database::open(&db.url, &heft_users::store::MIGRATIONS)
+        .await
+        .expect("open database");
+    heft_users::store::on(&database)
 }

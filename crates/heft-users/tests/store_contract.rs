@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use heft_service::time;
+use heft_service::{db::Database, time};
 use heft_test_support::{TestDatabase, backend_tests};
 use heft_users::{
     domain::{
@@ -15,7 +15,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 async fn open(db: &TestDatabase) -> Arc<dyn UserStore> {
-    store::open(&db.url).await.expect("open store")
+    let database = Database::open(&db.url, &store::MIGRATIONS)
+        .await
+        .expect("open database");
+    store::on(&database)
 }
 
 fn new_user(email: &str) -> NewUser {
@@ -64,7 +67,6 @@ backend_tests!(
     delete_records_a_purge_job_in_the_same_transaction,
     purge_jobs_are_claimed_once_and_settled,
     purge_records_list_oldest_first_by_state,
-    signing_keys_are_shared_by_every_opener,
     password_hashes_are_replaced_only_if_unchanged,
 );
 
@@ -447,29 +449,4 @@ async fn purge_records_list_oldest_first_by_state(db: TestDatabase) {
     let pending = list(Some(PurgeState::Pending), None, 10).await;
     assert_eq!(pending.len(), 2);
     assert!(pending.iter().all(|r| r.state == PurgeState::Pending));
-}
-
-async fn signing_keys_are_shared_by_every_opener(db: TestDatabase) {
-    let first = open(&db).await;
-    let second = open(&db).await;
-    let key = first
-        .signing_key("page_token", &[1; 32])
-        .await
-        .expect("key");
-    assert_eq!(key, vec![1; 32]);
-    assert_eq!(
-        second
-            .signing_key("page_token", &[2; 32])
-            .await
-            .expect("key"),
-        key
-    );
-    // Keys of other names are their own.
-    assert_eq!(
-        second
-            .signing_key("login_throttle", &[3; 32])
-            .await
-            .expect("key"),
-        vec![3; 32]
-    );
 }

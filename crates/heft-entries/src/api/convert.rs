@@ -1,7 +1,9 @@
 //! Proto messages to domain values (validating every field once) and back.
 
 use chrono::NaiveDate;
-use heft_proto::{common::v1 as common, entries::v1 as pb, google::r#type::Date};
+use heft_proto::{
+    codec::MAX_BATCH_ENTRIES, common::v1 as common, entries::v1 as pb, google::r#type::Date,
+};
 use heft_service::{
     InvalidRequest, Violations,
     error::checked,
@@ -9,12 +11,9 @@ use heft_service::{
     time::to_timestamp,
 };
 
-use crate::{
-    domain::{
-        DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, Note, RecordedOn, SortOrder, UserId,
-        Weight, WeightUnit, calendar_date,
-    },
-    store::MAX_BATCH,
+use crate::domain::{
+    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, Note, RecordedOn, SortOrder, UserId,
+    Weight, WeightUnit, calendar_date,
 };
 
 /// A new entry's fields, validated.
@@ -163,10 +162,10 @@ pub fn batch_create(
     if request.entries.is_empty() {
         violations.add("entries", "must hold at least one entry");
     }
-    if request.entries.len() > MAX_BATCH {
+    if request.entries.len() > MAX_BATCH_ENTRIES {
         return Err(InvalidRequest::single(
             "entries",
-            format!("must hold at most {MAX_BATCH} entries"),
+            format!("must hold at most {MAX_BATCH_ENTRIES} entries"),
         ));
     }
     let drafts: Vec<_> = request

@@ -1,5 +1,8 @@
+use heft_proto::entries::v1::reason::PURGE_INCOMPLETE;
 use heft_service::{
-    ErrorCode, FieldViolation, InvalidRequest, ServiceError, auth::AuthError, to_status,
+    ErrorCode, InvalidRequest,
+    auth::AuthError,
+    error::{Layer, LayeredError},
 };
 
 use crate::{store::StoreError, users_client::UsersError};
@@ -22,36 +25,18 @@ pub enum ApiError {
     PurgeIncomplete { deleted: u64, total: u64 },
 }
 
-impl ApiError {
-    fn inner(&self) -> Option<&dyn ServiceError> {
+impl LayeredError for ApiError {
+    fn layer(&self) -> Layer<'_> {
         match self {
-            ApiError::Invalid(e) => Some(e),
-            ApiError::Store(e) => Some(e),
-            ApiError::Users(e) => Some(e),
-            ApiError::Auth(e) => Some(e),
-            ApiError::PurgeIncomplete { .. } => None,
+            ApiError::Invalid(e) => Layer::Inner(e),
+            ApiError::Store(e) => Layer::Inner(e),
+            ApiError::Users(e) => Layer::Inner(e),
+            ApiError::Auth(e) => Layer::Inner(e),
+            ApiError::PurgeIncomplete { .. } => {
+                Layer::own(ErrorCode::DeadlineExceeded, PURGE_INCOMPLETE)
+            }
         }
     }
 }
 
-impl ServiceError for ApiError {
-    fn error_code(&self) -> ErrorCode {
-        self.inner()
-            .map_or(ErrorCode::DeadlineExceeded, ServiceError::error_code)
-    }
-
-    fn reason(&self) -> &'static str {
-        self.inner()
-            .map_or(heft_service::peer::PURGE_INCOMPLETE, ServiceError::reason)
-    }
-
-    fn field_violations(&self) -> &[FieldViolation] {
-        self.inner().map_or(&[], ServiceError::field_violations)
-    }
-}
-
-impl From<ApiError> for tonic::Status {
-    fn from(error: ApiError) -> Self {
-        to_status(&error)
-    }
-}
+heft_service::into_status!(ApiError);

@@ -7,9 +7,9 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use heft_proto::entries::v1::{self as pb, entry_service_server::EntryService};
 use heft_service::{
-    caller,
+    caller, host,
     pagination::{self, PageTokens},
-    request_id, server, time,
+    request_id, time,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -92,14 +92,10 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::CreateEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
-        let params = convert::create_entry(request.get_ref(), today()).map_err(ApiError::from)?;
+        let params = convert::create_entry(request.get_ref(), today())?;
         self.check_owner(params.user_id, &request).await?;
         let entry = new_entry(params.user_id, params.draft);
-        let stored = self
-            .store
-            .create_entry(&entry, params.request_id)
-            .await
-            .map_err(ApiError::from)?;
+        let stored = self.store.create_entry(&entry, params.request_id).await?;
         Ok(Response::new(convert::entry_to_proto(&stored, None)))
     }
 
@@ -107,14 +103,10 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::BatchCreateEntriesRequest>,
     ) -> Result<Response<pb::BatchCreateEntriesResponse>, Status> {
-        let (user_id, drafts) =
-            convert::batch_create(request.get_ref(), today()).map_err(ApiError::from)?;
+        let (user_id, drafts) = convert::batch_create(request.get_ref(), today())?;
         self.check_owner(user_id, &request).await?;
         let entries: Vec<Entry> = drafts.into_iter().map(|d| new_entry(user_id, d)).collect();
-        self.store
-            .create_entries(user_id, &entries)
-            .await
-            .map_err(ApiError::from)?;
+        self.store.create_entries(user_id, &entries).await?;
         info!(%user_id, count = entries.len(), "entries imported");
         Ok(Response::new(pb::BatchCreateEntriesResponse {
             entries: entries
@@ -128,8 +120,8 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
-        let (id, unit) = convert::get_entry(request.get_ref()).map_err(ApiError::from)?;
-        let entry = self.store.get_entry(id).await.map_err(ApiError::from)?;
+        let (id, unit) = convert::get_entry(request.get_ref())?;
+        let entry = self.store.get_entry(id).await?;
         Ok(Response::new(convert::entry_to_proto(&entry, unit)))
     }
 
@@ -137,15 +129,13 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
-        let params = convert::list_entries(request.into_inner()).map_err(ApiError::from)?;
-        let page_size = pagination::page_size(params.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-            .map_err(ApiError::from)?;
+        let params = convert::list_entries(request.into_inner())?;
+        let page_size = pagination::page_size(params.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         // The token is bound to everything that selects or orders entries.
         let filter = (params.user_id, params.range, params.order);
-        let after: Option<Cursor> = self
-            .page_tokens
-            .decode(PAGE_SCOPE, &filter, &params.page_token)
-            .map_err(ApiError::from)?;
+        let after: Option<Cursor> =
+            self.page_tokens
+                .decode(PAGE_SCOPE, &filter, &params.page_token)?;
         let query = ListQuery {
             user_id: params.user_id,
             range: params.range,
@@ -153,11 +143,7 @@ impl EntryService for EntryApi {
             after,
             limit: page_size + 1,
         };
-        let mut entries = self
-            .store
-            .list_entries(&query)
-            .await
-            .map_err(ApiError::from)?;
+        let mut entries = self.store.list_entries(&query).await?;
         let next_page_token = self.page_tokens.finish_page(
             PAGE_SCOPE,
             &filter,
@@ -178,13 +164,8 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::UpdateEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
-        let (id, patch) =
-            convert::update_entry(request.get_ref(), today()).map_err(ApiError::from)?;
-        let entry = self
-            .store
-            .update_entry(id, &patch, time::now())
-            .await
-            .map_err(ApiError::from)?;
+        let (id, patch) = convert::update_entry(request.get_ref(), today())?;
+        let entry = self.store.update_entry(id, &patch, time::now()).await?;
         Ok(Response::new(convert::entry_to_proto(&entry, None)))
     }
 
@@ -192,9 +173,8 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::DeleteEntryRequest>,
     ) -> Result<Response<()>, Status> {
-        let id =
-            convert::id(&request.get_ref().id, "id", EntryId::parse).map_err(ApiError::from)?;
-        self.store.delete_entry(id).await.map_err(ApiError::from)?;
+        let id = convert::id(&request.get_ref().id, "id", EntryId::parse)?;
+        self.store.delete_entry(id).await?;
         Ok(Response::new(()))
     }
 
@@ -202,11 +182,10 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::SummarizeEntriesRequest>,
     ) -> Result<Response<pb::SummarizeEntriesResponse>, Status> {
-        let (user_id, range, unit) =
-            convert::summarize(request.get_ref()).map_err(ApiError::from)?;
+        let (user_id, range, unit) = convert::summarize(request.get_ref())?;
         let mut entries = self.store.entries_in_range(user_id, range);
         let mut summarizer = Summarizer::new(unit);
-        while let Some(entry) = entries.try_next().await.map_err(ApiError::from)? {
+        while let Some(entry) = entries.try_next().await? {
             summarizer.add(entry);
         }
         let response = match summarizer.finish() {
@@ -232,13 +211,10 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::PurgeUserEntriesRequest>,
     ) -> Result<Response<pb::PurgeUserEntriesResponse>, Status> {
-        caller(&request)
-            .require_internal()
-            .map_err(ApiError::from)?;
-        let user_id = convert::id(&request.get_ref().user_id, "user_id", UserId::parse)
-            .map_err(ApiError::from)?;
+        caller(&request).require_internal()?;
+        let user_id = convert::id(&request.get_ref().user_id, "user_id", UserId::parse)?;
         // Stop starting batches a little before the deadline, to answer in time.
-        let budget = server::time_budget(&request).mul_f64(0.9);
+        let budget = host::time_budget(&request).mul_f64(0.9);
         let progress = purge::purge_user(
             self.store.as_ref(),
             user_id,
@@ -246,8 +222,7 @@ impl EntryService for EntryApi {
             self.purge.purge_batch_size,
             Instant::now() + budget,
         )
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
         if !progress.complete {
             info!(%user_id, deleted_entries = progress.deleted, total_deleted_entries = progress.total,
                 "purge incomplete before the deadline; the next delivery resumes");

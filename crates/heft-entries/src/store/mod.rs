@@ -3,17 +3,40 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::stream::BoxStream;
-use heft_service::{ErrorCode, ServiceError};
+use heft_service::{
+    ErrorCode,
+    db::{Database, DbError, Migrations, Timestamp},
+    error::{Layer, LayeredError},
+};
+use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
+use uuid::Uuid;
 
-use crate::domain::{DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, UserId};
+use crate::domain::{
+    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, UserId,
+    Weight, WeightUnit,
+};
 
 mod postgres;
 mod sqlite;
 
 pub use postgres::PostgresEntryStore;
 pub use sqlite::SqliteEntryStore;
+
+/// The entries schema, for each backend.
+pub static MIGRATIONS: Migrations = Migrations {
+    postgres: sqlx::migrate!("../../migrations/entries/postgres"),
+    sqlite: sqlx::migrate!("../../migrations/entries/sqlite"),
+};
+
+/// The store on an open database.
+pub fn on(database: &Database) -> Arc<dyn EntryStore> {
+    match database {
+        Database::Postgres(pool) => Arc::new(PostgresEntryStore::new(pool.clone())),
+        Database::Sqlite(pool) => Arc::new(SqliteEntryStore::new(pool.clone())),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,47 +46,113 @@ pub enum StoreError {
     UserPurged,
     #[error("entries are deleted in batches only after the user's tombstone")]
     NotPurged,
-    #[error("entry database unavailable")]
-    Unavailable(#[source] sqlx::Error),
-    #[error("entry database error")]
-    Database(#[source] sqlx::Error),
-    #[error("corrupt row in the entry database: {0}")]
-    Corrupt(&'static str),
+    #[error("entry {0}")]
+    Db(#[from] DbError),
 }
 
-impl StoreError {
-    fn from_sqlx(error: sqlx::Error) -> Self {
-        match &error {
-            sqlx::Error::RowNotFound => StoreError::NotFound,
-            _ if heft_service::db::is_unavailable(&error) => StoreError::Unavailable(error),
-            _ => StoreError::Database(error),
-        }
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Db(error.into())
     }
 }
 
-impl ServiceError for StoreError {
-    fn error_code(&self) -> ErrorCode {
+impl LayeredError for StoreError {
+    fn layer(&self) -> Layer<'_> {
         match self {
-            StoreError::NotFound => ErrorCode::NotFound,
-            StoreError::UserPurged => ErrorCode::FailedPrecondition,
-            StoreError::NotPurged => ErrorCode::Internal,
-            StoreError::Unavailable(_) => ErrorCode::Unavailable,
-            StoreError::Database(_) | StoreError::Corrupt(_) => ErrorCode::Internal,
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            StoreError::NotFound => "ENTRY_NOT_FOUND",
-            StoreError::UserPurged => "USER_DELETED",
-            StoreError::NotPurged => "NOT_PURGED",
-            StoreError::Unavailable(_) => "DATABASE_UNAVAILABLE",
-            StoreError::Database(_) | StoreError::Corrupt(_) => "DATABASE_ERROR",
+            StoreError::NotFound => Layer::own(ErrorCode::NotFound, "ENTRY_NOT_FOUND"),
+            StoreError::UserPurged => Layer::own(ErrorCode::FailedPrecondition, "USER_DELETED"),
+            StoreError::NotPurged => Layer::own(ErrorCode::Internal, "NOT_PURGED"),
+            StoreError::Db(db) => Layer::Inner(db),
         }
     }
 }
+
+heft_service::into_status!(StoreError);
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+// The row and its mapping to the domain serve both backends: the backend
+// files hold only SQL and binds. The store trusts what it wrote (it was
+// validated at the edge); only the unit code, which must name an enum
+// value, is checked.
+
+macro_rules! entry_columns {
+    () => {
+        "id, user_id, value, unit, recorded_on, note, create_time, update_time"
+    };
+}
+
+pub(crate) use entry_columns;
+
+/// A row of `entry_columns!()`.
+pub struct EntryRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub value: f64,
+    pub unit: i16,
+    pub recorded_on: NaiveDate,
+    pub note: String,
+    pub create_time: Timestamp,
+    pub update_time: Timestamp,
+}
+
+/// By position, in the order of `entry_columns!()`: by name, sqlx looks
+/// every column of every row up in a map, a tenth of a page's CPU on the
+/// PostgreSQL hot path.
+impl<'r, R> FromRow<'r, R> for EntryRow
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    Uuid: Decode<'r, R::Database> + Type<R::Database>,
+    f64: Decode<'r, R::Database> + Type<R::Database>,
+    i16: Decode<'r, R::Database> + Type<R::Database>,
+    NaiveDate: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Timestamp: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        Ok(Self {
+            id: row.try_get(0)?,
+            user_id: row.try_get(1)?,
+            value: row.try_get(2)?,
+            unit: row.try_get(3)?,
+            recorded_on: row.try_get(4)?,
+            note: row.try_get(5)?,
+            create_time: row.try_get(6)?,
+            update_time: row.try_get(7)?,
+        })
+    }
+}
+
+impl TryFrom<EntryRow> for Entry {
+    type Error = StoreError;
+
+    fn try_from(row: EntryRow) -> StoreResult<Self> {
+        let unit =
+            WeightUnit::from_code(row.unit.into()).ok_or(DbError::Corrupt("entries.unit"))?;
+        Ok(Entry {
+            id: EntryId(row.id),
+            user_id: UserId(row.user_id),
+            weight: Weight::from_stored(row.value, unit),
+            recorded_on: RecordedOn::from_stored(row.recorded_on),
+            note: Note::from_stored(row.note),
+            create_time: row.create_time.0,
+            update_time: row.update_time.0,
+        })
+    }
+}
+
+/// How a unit is stored in `entries.unit` (codes 1 and 2).
+fn unit_code(unit: WeightUnit) -> i16 {
+    match unit {
+        WeightUnit::Kilograms => 1,
+        WeightUnit::Pounds => 2,
+    }
+}
+
+fn into_entries(rows: Vec<EntryRow>) -> StoreResult<Vec<Entry>> {
+    rows.into_iter().map(Entry::try_from).collect()
+}
 
 /// What one batch of a purge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,9 +164,6 @@ pub struct BatchDeleted {
     /// True when the user has no entry left: this batch deleted the last.
     pub complete: bool,
 }
-
-/// Most entries one BatchCreateEntries may carry.
-pub use heft_proto::codec::MAX_BATCH_ENTRIES as MAX_BATCH;
 
 #[async_trait]
 pub trait EntryStore: Send + Sync + 'static {
@@ -94,7 +180,7 @@ pub trait EntryStore: Send + Sync + 'static {
         request_id: Option<IdempotencyKey>,
     ) -> StoreResult<Entry>;
 
-    /// Inserts all of `entries` (one user's, at most [`MAX_BATCH`]) or none.
+    /// Inserts all of `entries` (one user's) or none.
     async fn create_entries(&self, user_id: UserId, entries: &[Entry]) -> StoreResult<()>;
 
     async fn get_entry(&self, id: EntryId) -> StoreResult<Entry>;
@@ -138,25 +224,4 @@ pub trait EntryStore: Send + Sync + 'static {
         after: Option<UserId>,
         limit: u32,
     ) -> StoreResult<Vec<(UserId, u64)>>;
-
-    /// Whether the database answers now (readiness).
-    async fn ping(&self) -> StoreResult<()>;
-
-    /// Connections of the pool: all of them, and those idle.
-    fn pool_connections(&self) -> (u32, usize);
-
-    /// The key `name` shared by every replica on this database (page
-    /// tokens, the login throttle), created with `candidate` if there is none.
-    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>>;
-}
-
-/// Opens (and migrates) the store a `HEFT_ENTRIES_DATABASE_URL` names.
-pub async fn open(url: &str) -> anyhow::Result<Arc<dyn EntryStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresEntryStore::connect(url).await?))
-    } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteEntryStore::connect(url).await?))
-    } else {
-        anyhow::bail!("unsupported database url: expected postgres:// or sqlite://")
-    }
 }

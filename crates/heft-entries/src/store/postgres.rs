@@ -22,22 +22,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::{FutureExt, StreamExt, stream::BoxStream};
 use heft_service::db::warm::WarmConnections;
-use sqlx::{PgPool, Postgres, QueryBuilder, Row, Transaction, postgres::PgRow};
+use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
-use super::{BatchDeleted, EntryStore, MAX_BATCH, StoreError, StoreResult};
+use super::{
+    BatchDeleted, EntryRow, EntryStore, StoreError, StoreResult, entry_columns, into_entries,
+    unit_code,
+};
 use crate::domain::{
     DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
-    UserId, Weight, WeightUnit,
+    UserId, Weight,
 };
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/entries/postgres");
-
-macro_rules! entry_columns {
-    () => {
-        "id, user_id, value, unit, recorded_on, note, create_time, update_time"
-    };
-}
 
 #[derive(Debug, Clone)]
 pub struct PostgresEntryStore {
@@ -51,12 +46,11 @@ pub struct PostgresEntryStore {
 const WARM_CONNECTIONS: usize = 12;
 
 impl PostgresEntryStore {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let pool = heft_service::db::connect_postgres(url, &MIGRATOR).await?;
-        Ok(Self {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
             warm: Arc::new(WarmConnections::new(pool.clone(), WARM_CONNECTIONS)),
             pool,
-        })
+        }
     }
 
     /// Begins a transaction holding the user's advisory lock: shared for
@@ -66,7 +60,7 @@ impl PostgresEntryStore {
         user_id: UserId,
         exclusive: bool,
     ) -> StoreResult<Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let mut tx = self.pool.begin().await?;
         let statement = if exclusive {
             "SELECT pg_advisory_xact_lock($1)"
         } else {
@@ -75,8 +69,7 @@ impl PostgresEntryStore {
         sqlx::query(statement)
             .bind(lock_key(user_id))
             .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         Ok(tx)
     }
 }
@@ -111,8 +104,7 @@ async fn register_owner(
     sqlx::query("INSERT INTO entry_owners (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING")
         .bind(user_id.0)
         .execute(&mut **tx)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
     Ok(())
 }
 
@@ -121,64 +113,6 @@ async fn register_owner(
 fn lock_key(user_id: UserId) -> i64 {
     let (high, low) = user_id.0.as_u64_pair();
     (high ^ low) as i64
-}
-
-/// A row of `entry_columns!()`.
-struct EntryRow {
-    id: Uuid,
-    user_id: Uuid,
-    value: f64,
-    unit: i16,
-    recorded_on: NaiveDate,
-    note: String,
-    create_time: DateTime<Utc>,
-    update_time: DateTime<Utc>,
-}
-
-/// By position, in the order of `entry_columns!()`: by name, sqlx looks
-/// every column of every row up in a map, a tenth of a page's CPU.
-impl sqlx::FromRow<'_, PgRow> for EntryRow {
-    fn from_row(row: &PgRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            id: row.try_get(0)?,
-            user_id: row.try_get(1)?,
-            value: row.try_get(2)?,
-            unit: row.try_get(3)?,
-            recorded_on: row.try_get(4)?,
-            note: row.try_get(5)?,
-            create_time: row.try_get(6)?,
-            update_time: row.try_get(7)?,
-        })
-    }
-}
-
-impl TryFrom<EntryRow> for Entry {
-    type Error = StoreError;
-
-    fn try_from(row: EntryRow) -> StoreResult<Self> {
-        let unit =
-            WeightUnit::from_code(row.unit.into()).ok_or(StoreError::Corrupt("entries.unit"))?;
-        Ok(Entry {
-            id: EntryId(row.id),
-            user_id: UserId(row.user_id),
-            weight: Weight::from_stored(row.value, unit),
-            recorded_on: RecordedOn::from_stored(row.recorded_on),
-            note: Note::from_stored(row.note),
-            create_time: row.create_time,
-            update_time: row.update_time,
-        })
-    }
-}
-
-fn unit_code(unit: WeightUnit) -> i16 {
-    match unit {
-        WeightUnit::Kilograms => 1,
-        WeightUnit::Pounds => 2,
-    }
-}
-
-fn into_entries(rows: Vec<EntryRow>) -> StoreResult<Vec<Entry>> {
-    rows.into_iter().map(Entry::try_from).collect()
 }
 
 #[async_trait]
@@ -201,8 +135,7 @@ impl EntryStore for PostgresEntryStore {
         let inserted = self
             .warm
             .run(move |connection| insert.execute(connection).boxed())
-            .await
-            .map_err(StoreError::from_sqlx)?
+            .await?
             .rows_affected();
         if inserted == 1 {
             return Ok(entry.clone());
@@ -221,41 +154,40 @@ impl EntryStore for PostgresEntryStore {
         )
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::from_sqlx)?
+        ?
         .rows_affected();
         let created = match inserted {
             1 => entry.clone(),
             _ => {
                 // Either the user is purged, or this request already ran.
                 let earlier = match request_id {
-                    Some(request_id) => sqlx::query_as::<_, EntryRow>(concat!(
-                        "SELECT ",
-                        entry_columns!(),
-                        " FROM entries WHERE user_id = $1 AND request_id = $2"
-                    ))
-                    .bind(entry.user_id.0)
-                    .bind(request_id.0)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StoreError::from_sqlx)?,
+                    Some(request_id) => {
+                        sqlx::query_as::<_, EntryRow>(concat!(
+                            "SELECT ",
+                            entry_columns!(),
+                            " FROM entries WHERE user_id = $1 AND request_id = $2"
+                        ))
+                        .bind(entry.user_id.0)
+                        .bind(request_id.0)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    }
                     None => None,
                 };
                 earlier.ok_or(StoreError::UserPurged)?.try_into()?
             }
         };
-        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        tx.commit().await?;
         Ok(created)
     }
 
     async fn create_entries(&self, user_id: UserId, entries: &[Entry]) -> StoreResult<()> {
-        debug_assert!(entries.len() <= MAX_BATCH);
         let mut tx = self.lock_user(user_id, false).await?;
         let purged: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
                 .bind(user_id.0)
                 .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from_sqlx)?;
+                .await?;
         if purged {
             return Err(StoreError::UserPurged);
         }
@@ -282,8 +214,8 @@ impl EntryStore for PostgresEntryStore {
         .bind(&times)
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)
+        ?;
+        Ok(tx.commit().await?)
     }
 
     async fn get_entry(&self, id: EntryId) -> StoreResult<Entry> {
@@ -295,8 +227,7 @@ impl EntryStore for PostgresEntryStore {
         .bind(id.0);
         self.warm
             .run(move |connection| select.fetch_optional(connection).boxed())
-            .await
-            .map_err(StoreError::from_sqlx)?
+            .await?
             .ok_or(StoreError::NotFound)?
             .try_into()
     }
@@ -345,8 +276,7 @@ impl EntryStore for PostgresEntryStore {
             .run(move |connection| {
                 async move { sql.build_query_as::<EntryRow>().fetch_all(connection).await }.boxed()
             })
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         into_entries(rows)
     }
 
@@ -368,7 +298,7 @@ impl EntryStore for PostgresEntryStore {
         .bind(range.start)
         .bind(range.end)
         .fetch(&self.pool)
-        .map(|row| row.map_err(StoreError::from_sqlx).and_then(Entry::try_from))
+        .map(|row| Entry::try_from(row?))
         .boxed()
     }
 
@@ -396,8 +326,7 @@ impl EntryStore for PostgresEntryStore {
         .bind(patch.note.as_ref().map(Note::as_str))
         .bind(now)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
+        .await?
         .ok_or(StoreError::NotFound)?
         .try_into()
     }
@@ -406,8 +335,7 @@ impl EntryStore for PostgresEntryStore {
         let deleted = sqlx::query("DELETE FROM entries WHERE id = $1")
             .bind(id.0)
             .execute(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -421,7 +349,7 @@ impl EntryStore for PostgresEntryStore {
             .bind(now)
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::from_sqlx)?;
+            ?;
         // The exclusive row lock waits for every create holding a share lock.
         sqlx::query(
             "INSERT INTO entry_owners (user_id, purged) VALUES ($1, true)
@@ -429,9 +357,8 @@ impl EntryStore for PostgresEntryStore {
         )
         .bind(user_id.0)
         .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)
+        .await?;
+        Ok(tx.commit().await?)
     }
 
     async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted> {
@@ -444,8 +371,7 @@ impl EntryStore for PostgresEntryStore {
             .bind(user_id.0)
             .bind(i64::from(limit))
             .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         let (Some(deleted), Some(total), Some(complete)) = (deleted, total, complete) else {
             return Err(StoreError::NotPurged);
         };
@@ -457,11 +383,12 @@ impl EntryStore for PostgresEntryStore {
     }
 
     async fn is_purged(&self, user_id: UserId) -> StoreResult<bool> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
-            .bind(user_id.0)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
+                .bind(user_id.0)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn entry_owners(
@@ -478,27 +405,10 @@ impl EntryStore for PostgresEntryStore {
         .bind(after.map(|id| id.0))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(rows
             .into_iter()
             .map(|(id, count)| (UserId(id), u64::try_from(count).unwrap_or(0)))
             .collect())
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        heft_service::db::ping(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)
-    }
-
-    fn pool_connections(&self) -> (u32, usize) {
-        (self.pool.size(), self.pool.num_idle())
-    }
-
-    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        heft_service::db::signing_key_postgres(&self.pool, name, candidate)
-            .await
-            .map_err(StoreError::from_sqlx)
     }
 }

@@ -5,25 +5,20 @@
 //! tombstone check and the insert of a create cannot interleave with a purge.
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream::BoxStream};
-use heft_service::time::{from_micros, to_micros};
+use heft_service::db::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use super::{BatchDeleted, EntryStore, MAX_BATCH, StoreError, StoreResult};
+use super::{
+    BatchDeleted, EntryRow, EntryStore, StoreError, StoreResult, entry_columns, into_entries,
+    unit_code,
+};
 use crate::domain::{
     DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
-    UserId, Weight, WeightUnit,
+    UserId, Weight,
 };
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/entries/sqlite");
-
-macro_rules! entry_columns {
-    () => {
-        "id, user_id, value, unit, recorded_on, note, create_time, update_time"
-    };
-}
 
 #[derive(Debug, Clone)]
 pub struct SqliteEntryStore {
@@ -31,62 +26,14 @@ pub struct SqliteEntryStore {
 }
 
 impl SqliteEntryStore {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            pool: heft_service::db::connect_sqlite(url, &MIGRATOR).await?,
-        })
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
     }
 
     /// Begins a transaction that holds the database's write lock.
     async fn write_transaction(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::from_sqlx)
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
-}
-
-#[derive(sqlx::FromRow)]
-struct EntryRow {
-    id: Uuid,
-    user_id: Uuid,
-    value: f64,
-    unit: i64,
-    recorded_on: NaiveDate,
-    note: String,
-    create_time: i64,
-    update_time: i64,
-}
-
-impl TryFrom<EntryRow> for Entry {
-    type Error = StoreError;
-
-    fn try_from(row: EntryRow) -> StoreResult<Self> {
-        let unit = i32::try_from(row.unit)
-            .ok()
-            .and_then(WeightUnit::from_code)
-            .ok_or(StoreError::Corrupt("entries.unit"))?;
-        Ok(Entry {
-            id: EntryId(row.id),
-            user_id: UserId(row.user_id),
-            weight: Weight::from_stored(row.value, unit),
-            recorded_on: RecordedOn::from_stored(row.recorded_on),
-            note: Note::from_stored(row.note),
-            create_time: from_micros(row.create_time),
-            update_time: from_micros(row.update_time),
-        })
-    }
-}
-
-fn unit_code(unit: WeightUnit) -> i64 {
-    match unit {
-        WeightUnit::Kilograms => 1,
-        WeightUnit::Pounds => 2,
-    }
-}
-
-fn into_entries(rows: Vec<EntryRow>) -> StoreResult<Vec<Entry>> {
-    rows.into_iter().map(Entry::try_from).collect()
 }
 
 #[async_trait]
@@ -112,43 +59,42 @@ impl EntryStore for SqliteEntryStore {
         .bind(entry.recorded_on.date())
         .bind(entry.note.as_str())
         .bind(request_id.map(|r| r.0))
-        .bind(to_micros(entry.create_time))
+        .bind(Timestamp(entry.create_time))
         .fetch_optional(&mut *tx)
         .await
-        .map_err(StoreError::from_sqlx)?;
+        ?;
         let created = match inserted {
             Some(row) => row,
             None => {
                 // Either the user is purged, or this request already ran.
                 let earlier = match request_id {
-                    Some(request_id) => sqlx::query_as::<_, EntryRow>(concat!(
-                        "SELECT ",
-                        entry_columns!(),
-                        " FROM entries WHERE user_id = $1 AND request_id = $2"
-                    ))
-                    .bind(entry.user_id.0)
-                    .bind(request_id.0)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StoreError::from_sqlx)?,
+                    Some(request_id) => {
+                        sqlx::query_as::<_, EntryRow>(concat!(
+                            "SELECT ",
+                            entry_columns!(),
+                            " FROM entries WHERE user_id = $1 AND request_id = $2"
+                        ))
+                        .bind(entry.user_id.0)
+                        .bind(request_id.0)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    }
                     None => None,
                 };
                 earlier.ok_or(StoreError::UserPurged)?
             }
         };
-        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        tx.commit().await?;
         created.try_into()
     }
 
     async fn create_entries(&self, user_id: UserId, entries: &[Entry]) -> StoreResult<()> {
-        debug_assert!(entries.len() <= MAX_BATCH);
         let mut tx = self.write_transaction().await?;
         let purged: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
                 .bind(user_id.0)
                 .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from_sqlx)?;
+                .await?;
         if purged {
             return Err(StoreError::UserPurged);
         }
@@ -164,15 +110,12 @@ impl EntryStore for SqliteEntryStore {
                     .push_bind(unit_code(entry.weight.unit()))
                     .push_bind(entry.recorded_on.date())
                     .push_bind(entry.note.as_str())
-                    .push_bind(to_micros(entry.create_time))
-                    .push_bind(to_micros(entry.create_time));
+                    .push_bind(Timestamp(entry.create_time))
+                    .push_bind(Timestamp(entry.create_time));
             });
-            sql.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from_sqlx)?;
+            sql.build().execute(&mut *tx).await?;
         }
-        tx.commit().await.map_err(StoreError::from_sqlx)
+        Ok(tx.commit().await?)
     }
 
     async fn get_entry(&self, id: EntryId) -> StoreResult<Entry> {
@@ -183,8 +126,7 @@ impl EntryStore for SqliteEntryStore {
         ))
         .bind(id.0)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
+        .await?
         .ok_or(StoreError::NotFound)?
         .try_into()
     }
@@ -226,8 +168,7 @@ impl EntryStore for SqliteEntryStore {
         let rows = sql
             .build_query_as::<EntryRow>()
             .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         into_entries(rows)
     }
 
@@ -249,7 +190,7 @@ impl EntryStore for SqliteEntryStore {
         .bind(range.start)
         .bind(range.end)
         .fetch(&self.pool)
-        .map(|row| row.map_err(StoreError::from_sqlx).and_then(Entry::try_from))
+        .map(|row| Entry::try_from(row?))
         .boxed()
     }
 
@@ -275,10 +216,9 @@ impl EntryStore for SqliteEntryStore {
         .bind(patch.weight.map(|w| unit_code(w.unit())))
         .bind(patch.recorded_on.map(RecordedOn::date))
         .bind(patch.note.as_ref().map(Note::as_str))
-        .bind(to_micros(now))
+        .bind(Timestamp(now))
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
+        .await?
         .ok_or(StoreError::NotFound)?
         .try_into()
     }
@@ -287,8 +227,7 @@ impl EntryStore for SqliteEntryStore {
         let deleted = sqlx::query("DELETE FROM entries WHERE id = $1")
             .bind(id.0)
             .execute(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -299,11 +238,11 @@ impl EntryStore for SqliteEntryStore {
         let mut tx = self.write_transaction().await?;
         sqlx::query("INSERT INTO purged_users (user_id, purged_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING")
             .bind(user_id.0)
-            .bind(to_micros(now))
+            .bind(Timestamp(now))
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)
+            ?;
+        Ok(tx.commit().await?)
     }
 
     async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted> {
@@ -317,7 +256,7 @@ impl EntryStore for SqliteEntryStore {
         .bind(i64::from(limit))
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::from_sqlx)?
+        ?
         .rows_affected();
         let total: i64 = sqlx::query_scalar(
             "UPDATE purged_users SET deleted_count = deleted_count + $2 WHERE user_id = $1
@@ -326,10 +265,9 @@ impl EntryStore for SqliteEntryStore {
         .bind(user_id.0)
         .bind(i64::try_from(deleted).unwrap_or(i64::MAX))
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from_sqlx)?
+        .await?
         .ok_or(StoreError::NotPurged)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        tx.commit().await?;
         Ok(BatchDeleted {
             deleted,
             total: u64::try_from(total).unwrap_or(0),
@@ -338,11 +276,12 @@ impl EntryStore for SqliteEntryStore {
     }
 
     async fn is_purged(&self, user_id: UserId) -> StoreResult<bool> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
-            .bind(user_id.0)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $1)")
+                .bind(user_id.0)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn entry_owners(
@@ -359,27 +298,10 @@ impl EntryStore for SqliteEntryStore {
         .bind(after.map(|id| id.0))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(rows
             .into_iter()
             .map(|(id, count)| (UserId(id), u64::try_from(count).unwrap_or(0)))
             .collect())
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        heft_service::db::ping(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)
-    }
-
-    fn pool_connections(&self) -> (u32, usize) {
-        (self.pool.size(), self.pool.num_idle())
-    }
-
-    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        heft_service::db::signing_key_sqlite(&self.pool, name, candidate)
-            .await
-            .map_err(StoreError::from_sqlx)
     }
 }

@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use heft_service::{
-    ErrorCode, FieldViolation, InvalidRequest, ServiceError, auth::AuthError, to_status,
+    ErrorCode, InvalidRequest,
+    auth::AuthError,
+    error::{Layer, LayeredError},
 };
 
 use crate::{password::HashError, store::StoreError};
@@ -25,48 +27,24 @@ pub enum ApiError {
     LoginLocked { retry_after: Duration },
 }
 
-impl ServiceError for ApiError {
-    fn error_code(&self) -> ErrorCode {
+impl LayeredError for ApiError {
+    fn layer(&self) -> Layer<'_> {
         match self {
-            ApiError::Invalid(e) => e.error_code(),
-            ApiError::Store(e) => e.error_code(),
-            ApiError::Hashing(e) => e.error_code(),
-            ApiError::Auth(e) => e.error_code(),
-            ApiError::BadCredentials | ApiError::WrongCurrentPassword => ErrorCode::Unauthenticated,
-            ApiError::LoginLocked { .. } => ErrorCode::ResourceExhausted,
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            ApiError::Invalid(e) => e.reason(),
-            ApiError::Store(e) => e.reason(),
-            ApiError::Hashing(e) => e.reason(),
-            ApiError::Auth(e) => e.reason(),
-            ApiError::BadCredentials => "BAD_CREDENTIALS",
-            ApiError::WrongCurrentPassword => "WRONG_CURRENT_PASSWORD",
-            ApiError::LoginLocked { .. } => "TOO_MANY_FAILED_LOGINS",
-        }
-    }
-
-    fn field_violations(&self) -> &[FieldViolation] {
-        match self {
-            ApiError::Invalid(e) => e.field_violations(),
-            _ => &[],
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ApiError::LoginLocked { retry_after } => Some(*retry_after),
-            ApiError::Hashing(e) => e.retry_after(),
-            _ => None,
+            ApiError::Invalid(e) => Layer::Inner(e),
+            ApiError::Store(e) => Layer::Inner(e),
+            ApiError::Hashing(e) => Layer::Inner(e),
+            ApiError::Auth(e) => Layer::Inner(e),
+            ApiError::BadCredentials => Layer::own(ErrorCode::Unauthenticated, "BAD_CREDENTIALS"),
+            ApiError::WrongCurrentPassword => {
+                Layer::own(ErrorCode::Unauthenticated, "WRONG_CURRENT_PASSWORD")
+            }
+            ApiError::LoginLocked { retry_after } => Layer::Own {
+                code: ErrorCode::ResourceExhausted,
+                reason: "TOO_MANY_FAILED_LOGINS",
+                retry_after: Some(*retry_after),
+            },
         }
     }
 }
 
-impl From<ApiError> for tonic::Status {
-    fn from(error: ApiError) -> Self {
-        to_status(&error)
-    }
-}
+heft_service::into_status!(ApiError);

@@ -132,12 +132,8 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let account = convert::create_user(request.into_inner()).map_err(ApiError::from)?;
-        let password_hash = self
-            .hasher
-            .hash(&account.password)
-            .await
-            .map_err(ApiError::from)?;
+        let account = convert::create_user(request.into_inner())?;
+        let password_hash = self.hasher.hash(&account.password).await?;
         let now = time::now();
         let user = User {
             id: UserId::generate(),
@@ -152,8 +148,7 @@ impl UserService for UserApi {
                 user: user.clone(),
                 password_hash,
             })
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         info!(user_id = %user.id, "user created");
         Ok(Response::new(convert::user_to_proto(&user)))
     }
@@ -162,8 +157,8 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let id = convert::user_id(&request.get_ref().id, "id").map_err(ApiError::from)?;
-        let user = self.store.get_user(id).await.map_err(ApiError::from)?;
+        let id = convert::user_id(&request.get_ref().id, "id")?;
+        let user = self.store.get_user(id).await?;
         Ok(Response::new(convert::user_to_proto(&user)))
     }
 
@@ -172,17 +167,14 @@ impl UserService for UserApi {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let request = request.into_inner();
-        let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-            .map_err(ApiError::from)?;
-        let after: Option<uuid::Uuid> = self
-            .page_tokens
-            .decode(PAGE_SCOPE, &(), &request.page_token)
-            .map_err(ApiError::from)?;
+        let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let after: Option<uuid::Uuid> =
+            self.page_tokens
+                .decode(PAGE_SCOPE, &(), &request.page_token)?;
         let mut users = self
             .store
             .list_users(after.map(UserId), page_size + 1)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let next_page_token =
             self.page_tokens
                 .finish_page(PAGE_SCOPE, &(), &mut users, page_size, |last| last.id.0);
@@ -196,12 +188,8 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let (id, patch) = convert::update_user(request.into_inner()).map_err(ApiError::from)?;
-        let user = self
-            .store
-            .update_user(id, &patch, time::now())
-            .await
-            .map_err(ApiError::from)?;
+        let (id, patch) = convert::update_user(request.into_inner())?;
+        let user = self.store.update_user(id, &patch, time::now()).await?;
         Ok(Response::new(convert::user_to_proto(&user)))
     }
 
@@ -209,12 +197,8 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
-        let change = convert::change_password(request.into_inner()).map_err(ApiError::from)?;
-        let credentials = self
-            .store
-            .credentials(change.id)
-            .await
-            .map_err(ApiError::from)?;
+        let change = convert::change_password(request.into_inner())?;
+        let credentials = self.store.credentials(change.id).await?;
         let attempt = self.begin_attempt(&credentials.user.email).await?;
         self.verify_password(
             &credentials,
@@ -223,11 +207,7 @@ impl UserService for UserApi {
             ApiError::WrongCurrentPassword,
         )
         .await?;
-        let new_hash = self
-            .hasher
-            .hash(&change.new)
-            .await
-            .map_err(ApiError::from)?;
+        let new_hash = self.hasher.hash(&change.new).await?;
         let replaced = self
             .store
             .replace_password_hash(
@@ -236,8 +216,7 @@ impl UserService for UserApi {
                 &new_hash,
                 time::now(),
             )
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         if !replaced {
             // Changed by a concurrent call: the password checked is no longer current.
             return Err(ApiError::WrongCurrentPassword.into());
@@ -250,19 +229,11 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        let login = convert::authenticate(request.into_inner()).map_err(ApiError::from)?;
+        let login = convert::authenticate(request.into_inner())?;
         let attempt = self.begin_attempt(&login.email).await?;
-        let Some(credentials) = self
-            .store
-            .find_credentials(&login.email)
-            .await
-            .map_err(ApiError::from)?
-        else {
+        let Some(credentials) = self.store.find_credentials(&login.email).await? else {
             // Same cost and answer as a wrong password: no account enumeration.
-            self.hasher
-                .verify_dummy(&login.password)
-                .await
-                .map_err(ApiError::from)?;
+            self.hasher.verify_dummy(&login.password).await?;
             return Err(ApiError::BadCredentials.into());
         };
         self.verify_password(
@@ -281,12 +252,8 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let id = convert::user_id(&request.get_ref().id, "id").map_err(ApiError::from)?;
-        let outcome = self
-            .cascade
-            .delete_user(id, request_id(&request))
-            .await
-            .map_err(ApiError::from)?;
+        let id = convert::user_id(&request.get_ref().id, "id")?;
+        let outcome = self.cascade.delete_user(id, request_id(&request)).await?;
         let response = match outcome {
             PurgeOutcome::Purged { deleted_entries } => pb::DeleteUserResponse {
                 purge_state: pb::PurgeState::Purged.into(),
@@ -304,13 +271,8 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::GetPurgeJobRequest>,
     ) -> Result<Response<pb::PurgeJob>, Status> {
-        let user_id =
-            convert::user_id(&request.get_ref().user_id, "user_id").map_err(ApiError::from)?;
-        let record = self
-            .store
-            .purge_record(user_id)
-            .await
-            .map_err(ApiError::from)?;
+        let user_id = convert::user_id(&request.get_ref().user_id, "user_id")?;
+        let record = self.store.purge_record(user_id).await?;
         Ok(Response::new(convert::purge_record_to_proto(&record)))
     }
 
@@ -319,14 +281,12 @@ impl UserService for UserApi {
         request: Request<pb::ListPurgeJobsRequest>,
     ) -> Result<Response<pb::ListPurgeJobsResponse>, Status> {
         let request = request.into_inner();
-        let state = convert::purge_state_filter(request.state).map_err(ApiError::from)?;
-        let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-            .map_err(ApiError::from)?;
+        let state = convert::purge_state_filter(request.state)?;
+        let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         // The token is bound to the state filter.
-        let after: Option<PurgeCursor> = self
-            .page_tokens
-            .decode(PURGE_JOBS_PAGE_SCOPE, &state, &request.page_token)
-            .map_err(ApiError::from)?;
+        let after: Option<PurgeCursor> =
+            self.page_tokens
+                .decode(PURGE_JOBS_PAGE_SCOPE, &state, &request.page_token)?;
         let mut records = self
             .store
             .list_purge_records(&PurgeJobQuery {
@@ -334,8 +294,7 @@ impl UserService for UserApi {
                 after,
                 limit: page_size + 1,
             })
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let next_page_token = self.page_tokens.finish_page(
             PURGE_JOBS_PAGE_SCOPE,
             &state,

@@ -32,6 +32,11 @@ impl Email {
         Ok(Self(email))
     }
 
+    /// An email the store wrote after [`Email::parse`], read back.
+    pub fn from_stored(email: String) -> Self {
+        Self(email)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -56,6 +56,11 @@ impl UserName {
         Ok(Self(name.to_owned()))
     }
 
+    /// A name the store wrote after [`UserName::parse`], read back.
+    pub fn from_stored(name: String) -> Self {
+        Self(name)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -4,12 +4,17 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use heft_service::{ErrorCode, ServiceError};
+use heft_service::{
+    ErrorCode,
+    db::{Database, DbError, Migrations, Timestamp},
+    error::{Layer, LayeredError},
+};
 use uuid::Uuid;
 
 use crate::domain::{
     Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserPatch,
+    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch,
+    WeightUnit,
 };
 
 mod postgres;
@@ -17,6 +22,20 @@ mod sqlite;
 
 pub use postgres::PostgresUserStore;
 pub use sqlite::SqliteUserStore;
+
+/// The users schema, for each backend.
+pub static MIGRATIONS: Migrations = Migrations {
+    postgres: sqlx::migrate!("../../migrations/users/postgres"),
+    sqlite: sqlx::migrate!("../../migrations/users/sqlite"),
+};
+
+/// The store on an open database.
+pub fn on(database: &Database) -> Arc<dyn UserStore> {
+    match database {
+        Database::Postgres(pool) => Arc::new(PostgresUserStore::new(pool.clone())),
+        Database::Sqlite(pool) => Arc::new(SqliteUserStore::new(pool.clone())),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,24 +45,13 @@ pub enum StoreError {
     PurgeJobNotFound,
     #[error("a user with this email already exists")]
     EmailTaken,
-    #[error("user database unavailable")]
-    Unavailable(#[source] sqlx::Error),
-    #[error("user database error")]
-    Database(#[source] sqlx::Error),
-    #[error("corrupt row in the user database: {0}")]
-    Corrupt(&'static str),
+    #[error("user {0}")]
+    Db(#[from] DbError),
 }
 
-impl StoreError {
-    /// Translates a database error at the store boundary. Constraint
-    /// violations are named where the constraint is known
-    /// ([`StoreError::from_write_of_email`]); here they are plain errors.
-    fn from_sqlx(error: sqlx::Error) -> Self {
-        match &error {
-            sqlx::Error::RowNotFound => StoreError::NotFound,
-            _ if heft_service::db::is_unavailable(&error) => StoreError::Unavailable(error),
-            _ => StoreError::Database(error),
-        }
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Db(error.into())
     }
 }
 
@@ -54,7 +62,7 @@ impl StoreError {
         if heft_service::db::violates_unique(&error, EMAIL_UNIQUE_INDEX, "users.email") {
             StoreError::EmailTaken
         } else {
-            StoreError::from_sqlx(error)
+            error.into()
         }
     }
 }
@@ -62,28 +70,151 @@ impl StoreError {
 /// The unique index on users' emails (see the migrations).
 const EMAIL_UNIQUE_INDEX: &str = "users_email_key";
 
-impl ServiceError for StoreError {
-    fn error_code(&self) -> ErrorCode {
+impl LayeredError for StoreError {
+    fn layer(&self) -> Layer<'_> {
         match self {
-            StoreError::NotFound | StoreError::PurgeJobNotFound => ErrorCode::NotFound,
-            StoreError::EmailTaken => ErrorCode::AlreadyExists,
-            StoreError::Unavailable(_) => ErrorCode::Unavailable,
-            StoreError::Database(_) | StoreError::Corrupt(_) => ErrorCode::Internal,
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            StoreError::NotFound => "USER_NOT_FOUND",
-            StoreError::PurgeJobNotFound => "PURGE_JOB_NOT_FOUND",
-            StoreError::EmailTaken => "EMAIL_TAKEN",
-            StoreError::Unavailable(_) => "DATABASE_UNAVAILABLE",
-            StoreError::Database(_) | StoreError::Corrupt(_) => "DATABASE_ERROR",
+            StoreError::NotFound => Layer::own(ErrorCode::NotFound, "USER_NOT_FOUND"),
+            StoreError::PurgeJobNotFound => Layer::own(ErrorCode::NotFound, "PURGE_JOB_NOT_FOUND"),
+            StoreError::EmailTaken => Layer::own(ErrorCode::AlreadyExists, "EMAIL_TAKEN"),
+            StoreError::Db(db) => Layer::Inner(db),
         }
     }
 }
 
+heft_service::into_status!(StoreError);
+
 pub type StoreResult<T> = Result<T, StoreError>;
+
+// The rows, and how they map to the domain, serve both backends: the
+// backend files hold only SQL and binds. What the store wrote it trusts on
+// the way back (it was validated at the edge); only codes that must name
+// an enum value are checked.
+
+macro_rules! user_columns {
+    () => {
+        "id, email, name, weight_unit, create_time, update_time"
+    };
+}
+
+macro_rules! record_columns {
+    () => {
+        "id, user_id, state, attempts, last_error, purged_entry_count, created_at, completed_at, next_attempt_at"
+    };
+}
+
+pub(crate) use {record_columns, user_columns};
+
+/// A row of `user_columns!()`.
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    email: String,
+    name: String,
+    weight_unit: i16,
+    create_time: Timestamp,
+    update_time: Timestamp,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+
+    fn try_from(row: UserRow) -> StoreResult<Self> {
+        Ok(User {
+            id: UserId(row.id),
+            email: Email::from_stored(row.email),
+            name: UserName::from_stored(row.name),
+            weight_unit: WeightUnit::from_code(row.weight_unit.into())
+                .ok_or(DbError::Corrupt("users.weight_unit"))?,
+            create_time: row.create_time.0,
+            update_time: row.update_time.0,
+        })
+    }
+}
+
+/// A row of `user_columns!()` and `password_hash`.
+#[derive(sqlx::FromRow)]
+struct CredentialsRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: String,
+}
+
+impl TryFrom<CredentialsRow> for Credentials {
+    type Error = StoreError;
+
+    fn try_from(row: CredentialsRow) -> StoreResult<Self> {
+        Ok(Credentials {
+            user: row.user.try_into()?,
+            password_hash: row.password_hash,
+        })
+    }
+}
+
+/// A claimed job: `id, user_id, request_id, attempts`.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    user_id: Uuid,
+    request_id: Option<String>,
+    attempts: i32,
+}
+
+impl From<JobRow> for PurgeJob {
+    fn from(row: JobRow) -> Self {
+        PurgeJob {
+            id: row.id,
+            user_id: UserId(row.user_id),
+            request_id: row.request_id,
+            attempts: row.attempts,
+        }
+    }
+}
+
+/// A row of `record_columns!()`.
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    id: Uuid,
+    user_id: Uuid,
+    state: String,
+    attempts: i32,
+    last_error: Option<String>,
+    purged_entry_count: Option<i64>,
+    created_at: Timestamp,
+    completed_at: Option<Timestamp>,
+    next_attempt_at: Timestamp,
+}
+
+impl TryFrom<RecordRow> for PurgeRecord {
+    type Error = StoreError;
+
+    fn try_from(row: RecordRow) -> StoreResult<Self> {
+        let state = parse_state_column(&row.state)?;
+        Ok(PurgeRecord {
+            job_id: row.id,
+            user_id: UserId(row.user_id),
+            state,
+            attempts: row.attempts,
+            last_error: row.last_error,
+            purged_entry_count: row.purged_entry_count,
+            create_time: row.created_at.0,
+            complete_time: row.completed_at.map(DateTime::from),
+            next_attempt_time: (state == PurgeState::Pending).then_some(row.next_attempt_at.0),
+        })
+    }
+}
+
+/// Each row mapped to the domain; the first that does not map fails all.
+fn rows_into<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> StoreResult<Vec<T>> {
+    rows.into_iter().map(T::try_from).collect()
+}
+
+/// How a unit is stored in `users.weight_unit` (codes 1 and 2).
+fn unit_code(unit: WeightUnit) -> i16 {
+    match unit {
+        WeightUnit::Kilograms => 1,
+        WeightUnit::Pounds => 2,
+    }
+}
 
 /// How a purge state is stored in `purge_jobs.state`.
 fn state_column(state: PurgeState) -> &'static str {
@@ -97,7 +228,7 @@ fn parse_state_column(value: &str) -> StoreResult<PurgeState> {
     match value {
         "pending" => Ok(PurgeState::Pending),
         "done" => Ok(PurgeState::Purged),
-        _ => Err(StoreError::Corrupt("purge_jobs.state")),
+        _ => Err(DbError::Corrupt("purge_jobs.state").into()),
     }
 }
 
@@ -173,25 +304,4 @@ pub trait UserStore: Send + Sync + 'static {
     async fn list_purge_records(&self, query: &PurgeJobQuery) -> StoreResult<Vec<PurgeRecord>>;
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats>;
-
-    /// Whether the database answers now (readiness).
-    async fn ping(&self) -> StoreResult<()>;
-
-    /// Connections of the pool: all of them, and those idle.
-    fn pool_connections(&self) -> (u32, usize);
-
-    /// The key `name` shared by every replica on this database (page
-    /// tokens, the login throttle), created with `candidate` if there is none.
-    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>>;
-}
-
-/// Opens (and migrates) the store a `HEFT_USERS_DATABASE_URL` names.
-pub async fn open(url: &str) -> anyhow::Result<Arc<dyn UserStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresUserStore::connect(url).await?))
-    } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteUserStore::connect(url).await?))
-    } else {
-        anyhow::bail!("unsupported database url: expected postgres:// or sqlite://")
-    }
 }

@@ -7,15 +7,15 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult, UserStore, parse_state_column, state_column};
+use super::{
+    CredentialsRow, JobRow, RecordRow, StoreError, StoreResult, UserRow, UserStore, record_columns,
+    rows_into, state_column, unit_code, user_columns,
+};
 use crate::domain::{
     Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch,
-    WeightUnit,
+    PurgeQueueStats, PurgeRecord, ThrottleKey, User, UserId, UserName, UserPatch,
 };
 use heft_service::time;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users/postgres");
 
 #[derive(Debug, Clone)]
 pub struct PostgresUserStore {
@@ -23,112 +23,9 @@ pub struct PostgresUserStore {
 }
 
 impl PostgresUserStore {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            pool: heft_service::db::connect_postgres(url, &MIGRATOR).await?,
-        })
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
     }
-}
-
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    id: Uuid,
-    email: String,
-    name: String,
-    weight_unit: i16,
-    create_time: DateTime<Utc>,
-    update_time: DateTime<Utc>,
-}
-
-impl TryFrom<UserRow> for User {
-    type Error = StoreError;
-
-    fn try_from(row: UserRow) -> StoreResult<Self> {
-        Ok(User {
-            id: UserId(row.id),
-            email: Email::parse(&row.email).map_err(|_| StoreError::Corrupt("users.email"))?,
-            name: UserName::parse(&row.name).map_err(|_| StoreError::Corrupt("users.name"))?,
-            weight_unit: WeightUnit::from_code(row.weight_unit.into())
-                .ok_or_else(|| StoreError::Corrupt("users.weight_unit"))?,
-            create_time: row.create_time,
-            update_time: row.update_time,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct CredentialsRow {
-    #[sqlx(flatten)]
-    user: UserRow,
-    password_hash: String,
-}
-
-#[derive(sqlx::FromRow)]
-struct JobRow {
-    id: Uuid,
-    user_id: Uuid,
-    request_id: Option<String>,
-    attempts: i32,
-}
-
-impl From<JobRow> for PurgeJob {
-    fn from(row: JobRow) -> Self {
-        PurgeJob {
-            id: row.id,
-            user_id: UserId(row.user_id),
-            request_id: row.request_id,
-            attempts: row.attempts,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct RecordRow {
-    id: Uuid,
-    user_id: Uuid,
-    state: String,
-    attempts: i32,
-    last_error: Option<String>,
-    purged_entry_count: Option<i64>,
-    created_at: DateTime<Utc>,
-    completed_at: Option<DateTime<Utc>>,
-    next_attempt_at: DateTime<Utc>,
-}
-
-impl TryFrom<RecordRow> for PurgeRecord {
-    type Error = StoreError;
-
-    fn try_from(row: RecordRow) -> StoreResult<Self> {
-        let state = parse_state_column(&row.state)?;
-        Ok(PurgeRecord {
-            job_id: row.id,
-            user_id: UserId(row.user_id),
-            state,
-            attempts: row.attempts,
-            last_error: row.last_error,
-            purged_entry_count: row.purged_entry_count,
-            create_time: row.created_at,
-            complete_time: row.completed_at,
-            next_attempt_time: (state == PurgeState::Pending).then_some(row.next_attempt_at),
-        })
-    }
-}
-
-macro_rules! record_columns {
-    () => {
-        "id, user_id, state, attempts, last_error, purged_entry_count, created_at, completed_at, next_attempt_at"
-    };
-}
-
-macro_rules! user_columns {
-    () => {
-        "id, email, name, weight_unit, create_time, update_time"
-    };
-}
-
-fn unit_code(unit: WeightUnit) -> i16 {
-    // Codes are 1 and 2.
-    unit.code() as i16
 }
 
 #[async_trait]
@@ -159,26 +56,23 @@ impl UserStore for PostgresUserStore {
         ))
         .bind(id.0)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
+        .await?
         .ok_or(StoreError::NotFound)?
         .try_into()
     }
 
     async fn list_users(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>> {
-        sqlx::query_as::<_, UserRow>(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2"
-        ))
-        .bind(after.map(|id| id.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .into_iter()
-        .map(User::try_from)
-        .collect()
+        rows_into(
+            sqlx::query_as::<_, UserRow>(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2"
+            ))
+            .bind(after.map(|id| id.0))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?,
+        )
     }
 
     async fn update_user(
@@ -217,32 +111,22 @@ impl UserStore for PostgresUserStore {
         ))
         .bind(email.as_str())
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .map(|row| {
-            Ok(Credentials {
-                user: row.user.try_into()?,
-                password_hash: row.password_hash,
-            })
-        })
+        .await?
+        .map(Credentials::try_from)
         .transpose()
     }
 
     async fn credentials(&self, id: UserId) -> StoreResult<Credentials> {
-        let row = sqlx::query_as::<_, CredentialsRow>(concat!(
+        sqlx::query_as::<_, CredentialsRow>(concat!(
             "SELECT ",
             user_columns!(),
             ", password_hash FROM users WHERE id = $1"
         ))
         .bind(id.0)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .ok_or(StoreError::NotFound)?;
-        Ok(Credentials {
-            user: row.user.try_into()?,
-            password_hash: row.password_hash,
-        })
+        .await?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
     }
 
     async fn replace_password_hash(
@@ -260,8 +144,7 @@ impl UserStore for PostgresUserStore {
         .bind(password_hash)
         .bind(now)
         .execute(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(updated.rows_affected() == 1)
     }
 
@@ -287,8 +170,7 @@ impl UserStore for PostgresUserStore {
         .bind(now - throttle.window)
         .bind(i32::try_from(throttle.max_failures).unwrap_or(i32::MAX))
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         if taken.is_some() {
             return Ok(LoginAttempt::Allowed);
         }
@@ -297,8 +179,7 @@ impl UserStore for PostgresUserStore {
             sqlx::query_scalar("SELECT window_start FROM login_throttle WHERE email_key = $1")
                 .bind(&key.0[..])
                 .fetch_optional(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
+                .await?;
         Ok(LoginAttempt::Locked {
             until: window_start.map_or(now, |start| start + throttle.window),
         })
@@ -308,18 +189,16 @@ impl UserStore for PostgresUserStore {
         sqlx::query("DELETE FROM login_throttle WHERE email_key = $1")
             .bind(&key.0[..])
             .execute(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         Ok(())
     }
 
     async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id.0)
             .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -333,9 +212,8 @@ impl UserStore for PostgresUserStore {
         .bind(job.attempts)
         .bind(lease.as_secs_f64())
         .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)
+        .await?;
+        Ok(tx.commit().await?)
     }
 
     async fn claim_due_purge_jobs(
@@ -361,8 +239,7 @@ impl UserStore for PostgresUserStore {
         .bind(lease.as_secs_f64())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(rows.into_iter().map(PurgeJob::from).collect())
     }
 
@@ -374,8 +251,7 @@ impl UserStore for PostgresUserStore {
         .bind(job_id)
         .bind(purged_entry_count)
         .execute(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(())
     }
 
@@ -388,8 +264,7 @@ impl UserStore for PostgresUserStore {
         .bind(delay.as_secs_f64())
         .bind(error)
         .execute(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(())
     }
 
@@ -401,32 +276,29 @@ impl UserStore for PostgresUserStore {
         ))
         .bind(user_id.0)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
+        .await?
         .ok_or(StoreError::PurgeJobNotFound)?
         .try_into()
     }
 
     async fn list_purge_records(&self, query: &PurgeJobQuery) -> StoreResult<Vec<PurgeRecord>> {
-        sqlx::query_as::<_, RecordRow>(concat!(
-            "SELECT ",
-            record_columns!(),
-            " FROM purge_jobs
+        rows_into(
+            sqlx::query_as::<_, RecordRow>(concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM purge_jobs
              WHERE ($1::text IS NULL OR state = $1)
                AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
              ORDER BY created_at, id
              LIMIT $4"
-        ))
-        .bind(query.state.map(state_column))
-        .bind(query.after.map(|c| time::from_micros(c.create_time_micros)))
-        .bind(query.after.map(|c| c.job_id))
-        .bind(i64::from(query.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .into_iter()
-        .map(PurgeRecord::try_from)
-        .collect()
+            ))
+            .bind(query.state.map(state_column))
+            .bind(query.after.map(|c| time::from_micros(c.create_time_micros)))
+            .bind(query.after.map(|c| c.job_id))
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?,
+        )
     }
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats> {
@@ -437,28 +309,11 @@ impl UserStore for PostgresUserStore {
              FROM purge_jobs",
         )
         .fetch_one(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(PurgeQueueStats {
             pending,
             purged,
             oldest_pending_age: oldest_age_secs.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
         })
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        heft_service::db::ping(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)
-    }
-
-    fn pool_connections(&self) -> (u32, usize) {
-        (self.pool.size(), self.pool.num_idle())
-    }
-
-    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        heft_service::db::signing_key_postgres(&self.pool, name, candidate)
-            .await
-            .map_err(StoreError::from_sqlx)
     }
 }

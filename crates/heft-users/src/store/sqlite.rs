@@ -1,22 +1,21 @@
-//! SQLite backend: the embedded default. One writer at a time (WAL mode),
-//! instants as integer microseconds.
+//! SQLite backend: the embedded default. One writer at a time (WAL mode).
 
 use async_trait::async_trait;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use heft_service::time::{self, from_micros, to_micros};
+use heft_service::{db::Timestamp, time};
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult, UserStore, parse_state_column, state_column};
+use super::{
+    CredentialsRow, JobRow, RecordRow, StoreError, StoreResult, UserRow, UserStore, record_columns,
+    rows_into, state_column, unit_code, user_columns,
+};
 use crate::domain::{
     Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch,
-    WeightUnit,
+    PurgeQueueStats, PurgeRecord, ThrottleKey, User, UserId, UserName, UserPatch,
 };
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users/sqlite");
 
 #[derive(Debug, Clone)]
 pub struct SqliteUserStore {
@@ -24,119 +23,14 @@ pub struct SqliteUserStore {
 }
 
 impl SqliteUserStore {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            pool: heft_service::db::connect_sqlite(url, &MIGRATOR).await?,
-        })
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
     }
-}
-
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    id: Uuid,
-    email: String,
-    name: String,
-    weight_unit: i64,
-    create_time: i64,
-    update_time: i64,
-}
-
-impl TryFrom<UserRow> for User {
-    type Error = StoreError;
-
-    fn try_from(row: UserRow) -> StoreResult<Self> {
-        Ok(User {
-            id: UserId(row.id),
-            email: Email::parse(&row.email).map_err(|_| StoreError::Corrupt("users.email"))?,
-            name: UserName::parse(&row.name).map_err(|_| StoreError::Corrupt("users.name"))?,
-            weight_unit: i32::try_from(row.weight_unit)
-                .ok()
-                .and_then(WeightUnit::from_code)
-                .ok_or_else(|| StoreError::Corrupt("users.weight_unit"))?,
-            create_time: from_micros(row.create_time),
-            update_time: from_micros(row.update_time),
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct CredentialsRow {
-    #[sqlx(flatten)]
-    user: UserRow,
-    password_hash: String,
-}
-
-#[derive(sqlx::FromRow)]
-struct JobRow {
-    id: Uuid,
-    user_id: Uuid,
-    request_id: Option<String>,
-    attempts: i32,
-}
-
-impl From<JobRow> for PurgeJob {
-    fn from(row: JobRow) -> Self {
-        PurgeJob {
-            id: row.id,
-            user_id: UserId(row.user_id),
-            request_id: row.request_id,
-            attempts: row.attempts,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct RecordRow {
-    id: Uuid,
-    user_id: Uuid,
-    state: String,
-    attempts: i32,
-    last_error: Option<String>,
-    purged_entry_count: Option<i64>,
-    created_at: i64,
-    completed_at: Option<i64>,
-    next_attempt_at: i64,
-}
-
-impl TryFrom<RecordRow> for PurgeRecord {
-    type Error = StoreError;
-
-    fn try_from(row: RecordRow) -> StoreResult<Self> {
-        let state = parse_state_column(&row.state)?;
-        Ok(PurgeRecord {
-            job_id: row.id,
-            user_id: UserId(row.user_id),
-            state,
-            attempts: row.attempts,
-            last_error: row.last_error,
-            purged_entry_count: row.purged_entry_count,
-            create_time: from_micros(row.created_at),
-            complete_time: row.completed_at.map(from_micros),
-            next_attempt_time: (state == PurgeState::Pending)
-                .then(|| from_micros(row.next_attempt_at)),
-        })
-    }
-}
-
-macro_rules! record_columns {
-    () => {
-        "id, user_id, state, attempts, last_error, purged_entry_count, created_at, completed_at, next_attempt_at"
-    };
-}
-
-macro_rules! user_columns {
-    () => {
-        "id, email, name, weight_unit, create_time, update_time"
-    };
-}
-
-fn unit_code(unit: WeightUnit) -> i64 {
-    unit.code().into()
 }
 
 /// SQLite is a local file: the local clock is the database's clock.
-fn later(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+fn later(now: DateTime<Utc>, delay: Duration) -> Timestamp {
+    Timestamp(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX))
 }
 
 #[async_trait]
@@ -152,7 +46,7 @@ impl UserStore for SqliteUserStore {
         .bind(user.name.as_str())
         .bind(&new.password_hash)
         .bind(unit_code(user.weight_unit))
-        .bind(to_micros(user.create_time))
+        .bind(Timestamp(user.create_time))
         .execute(&self.pool)
         .await
         .map_err(StoreError::from_write_of_email)?;
@@ -167,26 +61,23 @@ impl UserStore for SqliteUserStore {
         ))
         .bind(id.0)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
+        .await?
         .ok_or(StoreError::NotFound)?
         .try_into()
     }
 
     async fn list_users(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>> {
-        sqlx::query_as::<_, UserRow>(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2"
-        ))
-        .bind(after.map(|id| id.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .into_iter()
-        .map(User::try_from)
-        .collect()
+        rows_into(
+            sqlx::query_as::<_, UserRow>(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2"
+            ))
+            .bind(after.map(|id| id.0))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?,
+        )
     }
 
     async fn update_user(
@@ -209,7 +100,7 @@ impl UserStore for SqliteUserStore {
         .bind(patch.email.as_ref().map(Email::as_str))
         .bind(patch.name.as_ref().map(UserName::as_str))
         .bind(patch.weight_unit.map(unit_code))
-        .bind(to_micros(now))
+        .bind(Timestamp(now))
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from_write_of_email)?
@@ -225,32 +116,22 @@ impl UserStore for SqliteUserStore {
         ))
         .bind(email.as_str())
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .map(|row| {
-            Ok(Credentials {
-                user: row.user.try_into()?,
-                password_hash: row.password_hash,
-            })
-        })
+        .await?
+        .map(Credentials::try_from)
         .transpose()
     }
 
     async fn credentials(&self, id: UserId) -> StoreResult<Credentials> {
-        let row = sqlx::query_as::<_, CredentialsRow>(concat!(
+        sqlx::query_as::<_, CredentialsRow>(concat!(
             "SELECT ",
             user_columns!(),
             ", password_hash FROM users WHERE id = $1"
         ))
         .bind(id.0)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .ok_or(StoreError::NotFound)?;
-        Ok(Credentials {
-            user: row.user.try_into()?,
-            password_hash: row.password_hash,
-        })
+        .await?
+        .ok_or(StoreError::NotFound)?
+        .try_into()
     }
 
     async fn replace_password_hash(
@@ -266,10 +147,9 @@ impl UserStore for SqliteUserStore {
         .bind(id.0)
         .bind(expected)
         .bind(password_hash)
-        .bind(to_micros(now))
+        .bind(Timestamp(now))
         .execute(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(updated.rows_affected() == 1)
     }
 
@@ -291,24 +171,22 @@ impl UserStore for SqliteUserStore {
              RETURNING failures",
         )
         .bind(&key.0[..])
-        .bind(to_micros(now))
-        .bind(to_micros(now - throttle.window))
+        .bind(Timestamp(now))
+        .bind(Timestamp(now - throttle.window))
         .bind(i32::try_from(throttle.max_failures).unwrap_or(i32::MAX))
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         if taken.is_some() {
             return Ok(LoginAttempt::Allowed);
         }
         // A success may have cleared the row since: refused for now, free to retry.
-        let window_start: Option<i64> =
+        let window_start: Option<Timestamp> =
             sqlx::query_scalar("SELECT window_start FROM login_throttle WHERE email_key = $1")
                 .bind(&key.0[..])
                 .fetch_optional(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
+                .await?;
         Ok(LoginAttempt::Locked {
-            until: window_start.map_or(now, |start| from_micros(start) + throttle.window),
+            until: window_start.map_or(now, |start| start.0 + throttle.window),
         })
     }
 
@@ -316,8 +194,7 @@ impl UserStore for SqliteUserStore {
         sqlx::query("DELETE FROM login_throttle WHERE email_key = $1")
             .bind(&key.0[..])
             .execute(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         Ok(())
     }
 
@@ -325,16 +202,11 @@ impl UserStore for SqliteUserStore {
         let now = time::now();
         // IMMEDIATE takes the write lock up front, so the transaction cannot
         // fail half-way on a lock upgrade.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id.0)
             .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .await?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -346,12 +218,11 @@ impl UserStore for SqliteUserStore {
         .bind(job.user_id.0)
         .bind(job.request_id.as_deref())
         .bind(job.attempts)
-        .bind(to_micros(later(now, lease)))
-        .bind(to_micros(now))
+        .bind(later(now, lease))
+        .bind(Timestamp(now))
         .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)
+        .await?;
+        Ok(tx.commit().await?)
     }
 
     async fn claim_due_purge_jobs(
@@ -372,12 +243,11 @@ impl UserStore for SqliteUserStore {
                 LIMIT $3)
              RETURNING id, user_id, request_id, attempts",
         )
-        .bind(to_micros(now))
-        .bind(to_micros(later(now, lease)))
+        .bind(Timestamp(now))
+        .bind(later(now, lease))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(rows.into_iter().map(PurgeJob::from).collect())
     }
 
@@ -387,11 +257,10 @@ impl UserStore for SqliteUserStore {
              WHERE id = $1",
         )
         .bind(job_id)
-        .bind(to_micros(time::now()))
+        .bind(Timestamp(time::now()))
         .bind(purged_entry_count)
         .execute(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(())
     }
 
@@ -400,11 +269,10 @@ impl UserStore for SqliteUserStore {
             "UPDATE purge_jobs SET next_attempt_at = $2, last_error = $3 WHERE id = $1 AND state = 'pending'",
         )
         .bind(job_id)
-        .bind(to_micros(later(time::now(), delay)))
+        .bind(later(time::now(), delay))
         .bind(error)
         .execute(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(())
     }
 
@@ -416,68 +284,49 @@ impl UserStore for SqliteUserStore {
         ))
         .bind(user_id.0)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
+        .await?
         .ok_or(StoreError::PurgeJobNotFound)?
         .try_into()
     }
 
     async fn list_purge_records(&self, query: &PurgeJobQuery) -> StoreResult<Vec<PurgeRecord>> {
-        sqlx::query_as::<_, RecordRow>(concat!(
-            "SELECT ",
-            record_columns!(),
-            " FROM purge_jobs
+        rows_into(
+            sqlx::query_as::<_, RecordRow>(concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM purge_jobs
              WHERE ($1 IS NULL OR state = $1)
                AND ($2 IS NULL OR (created_at, id) > ($2, $3))
              ORDER BY created_at, id
              LIMIT $4"
-        ))
-        .bind(query.state.map(state_column))
-        .bind(query.after.map(|c| c.create_time_micros))
-        .bind(query.after.map(|c| c.job_id))
-        .bind(i64::from(query.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .into_iter()
-        .map(PurgeRecord::try_from)
-        .collect()
+            ))
+            .bind(query.state.map(state_column))
+            .bind(
+                query
+                    .after
+                    .map(|c| Timestamp(time::from_micros(c.create_time_micros))),
+            )
+            .bind(query.after.map(|c| c.job_id))
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?,
+        )
     }
 
     async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats> {
-        let (pending, purged, oldest_pending): (i64, i64, Option<i64>) = sqlx::query_as(
+        let (pending, purged, oldest_pending): (i64, i64, Option<Timestamp>) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state = 'pending'),
                     count(*) FILTER (WHERE state = 'done'),
                     min(created_at) FILTER (WHERE state = 'pending')
              FROM purge_jobs",
         )
         .fetch_one(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        .await?;
         Ok(PurgeQueueStats {
             pending,
             purged,
-            oldest_pending_age: oldest_pending.map(|created| {
-                (time::now() - from_micros(created))
-                    .to_std()
-                    .unwrap_or_default()
-            }),
+            oldest_pending_age: oldest_pending
+                .map(|created| (time::now() - created.0).to_std().unwrap_or_default()),
         })
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        heft_service::db::ping(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)
-    }
-
-    fn pool_connections(&self) -> (u32, usize) {
-        (self.pool.size(), self.pool.num_idle())
-    }
-
-    async fn signing_key(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        heft_service::db::signing_key_sqlite(&self.pool, name, candidate)
-            .await
-            .map_err(StoreError::from_sqlx)
     }
 }

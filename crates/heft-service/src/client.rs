@@ -1,0 +1,116 @@
+//! The client side of heft: channels to the other service, the credentials
+//! and request id its calls carry, and the health check a container runs.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tonic::{
+    metadata::{AsciiMetadataValue, MetadataValue},
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
+
+use crate::{
+    auth::Secret,
+    config::CommonArgs,
+    rpc_layer::{REQUEST_ID_HEADER, RequestId},
+};
+
+/// A lazily connecting channel to the other service: neither service needs
+/// the other to be up to start.
+pub fn channel(
+    url: &str,
+    tls: Option<ClientTlsConfig>,
+    connect_timeout: Duration,
+) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| anyhow::anyhow!("invalid service url {url:?}: {e}"))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+/// Credentials and tracing context for calls from one heft service to the other.
+#[derive(Clone)]
+pub struct InternalCredentials {
+    authorization: Option<AsciiMetadataValue>,
+}
+
+impl std::fmt::Debug for InternalCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalCredentials")
+            .field("authorization", &self.authorization.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl InternalCredentials {
+    pub fn new(internal_token: Option<&Secret>) -> anyhow::Result<Self> {
+        let authorization = internal_token
+            .map(|token| MetadataValue::try_from(format!("Bearer {}", token.expose())))
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("HEFT_INTERNAL_TOKEN must be printable ASCII"))?
+            .map(|mut value: AsciiMetadataValue| {
+                // Never indexed by HPACK, where a later header could probe it.
+                value.set_sensitive(true);
+                value
+            });
+        Ok(Self { authorization })
+    }
+
+    /// Wraps `message` with the internal token, the request id being
+    /// followed, and a deadline.
+    pub fn request<T>(
+        &self,
+        message: T,
+        request_id: Option<&RequestId>,
+        deadline: Duration,
+    ) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(deadline);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        if let Some(id) = request_id.and_then(|id| MetadataValue::try_from(id.0.as_str()).ok()) {
+            request.metadata_mut().insert(REQUEST_ID_HEADER, id);
+        }
+        request
+    }
+}
+
+/// Asks the health service at `url`; true when it reports SERVING.
+pub async fn healthcheck(url: &str, tls: Option<ClientTlsConfig>) -> anyhow::Result<bool> {
+    let channel = channel(url, tls, Duration::from_secs(2))?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(Duration::from_secs(3));
+    let response = client.check(request).await?;
+    Ok(response.into_inner().status
+        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+}
+
+/// The http(s) URL to reach a listener at `address` from this machine.
+pub fn local_url(address: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let host = match address.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("{scheme}://{host}:{}", address.port())
+}
+
+/// The `healthcheck` subcommand of a service listening on `listen`: true
+/// when it reports SERVING.
+pub async fn check_local_service(listen: SocketAddr, common: &CommonArgs) -> anyhow::Result<bool> {
+    let url = local_url(listen, common.tls_cert.is_some());
+    healthcheck(&url, common.client_tls()?).await
+}
