@@ -6,7 +6,7 @@ mod common;
 use clap::Parser;
 use common::{API_TOKEN, INTERNAL_TOKEN, Stack};
 use heft_test_support::TestDatabase;
-use heft_users::domain::{Credentials, Email, NewUser, User, UserId, UserName, WeightUnit};
+use heft_users::domain::{Credentials, Email, User, UserId, UserName, WeightUnit};
 
 const DB_PASSWORD: &str = "n0t-a-real-pw";
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g";
@@ -45,7 +45,7 @@ fn debug_output_hides_every_secret() {
         create_time: now,
         update_time: now,
     };
-    let new_user = NewUser {
+    let new_user = Credentials {
         user: user.clone(),
         password_hash: HASH.to_owned(),
     };
@@ -53,7 +53,7 @@ fn debug_output_hides_every_secret() {
         user,
         password_hash: HASH.to_owned(),
     };
-    assert_no_secret("NewUser", &format!("{new_user:?}"));
+    assert_no_secret("Credentials", &format!("{new_user:?}"));
     assert_no_secret("Credentials", &format!("{credentials:?}"));
 }
 

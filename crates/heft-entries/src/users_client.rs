@@ -11,8 +11,9 @@ use std::{
 
 use heft_proto::users::v1::{GetUserRequest, user_service_client::UserServiceClient};
 use heft_service::{
-    ErrorCode, RequestId, ServiceError,
+    ErrorCode, RequestId,
     client::InternalCredentials,
+    error::{Layer, LayeredError},
     peer::{self, PeerAnswer},
 };
 use tonic::transport::Channel;
@@ -35,23 +36,19 @@ pub enum UsersError {
     Refused(String),
 }
 
-impl ServiceError for UsersError {
-    fn error_code(&self) -> ErrorCode {
+impl LayeredError for UsersError {
+    fn layer(&self) -> Layer<'_> {
         match self {
-            UsersError::UserNotFound => ErrorCode::NotFound,
-            UsersError::Unavailable(_) => ErrorCode::Unavailable,
-            UsersError::Refused(_) => ErrorCode::Internal,
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            UsersError::UserNotFound => "USER_NOT_FOUND",
-            UsersError::Unavailable(_) => "USERS_SERVICE_UNAVAILABLE",
-            UsersError::Refused(_) => "USERS_SERVICE_REFUSED",
+            UsersError::UserNotFound => Layer::own(ErrorCode::NotFound, "USER_NOT_FOUND"),
+            UsersError::Unavailable(_) => {
+                Layer::own(ErrorCode::Unavailable, "USERS_SERVICE_UNAVAILABLE")
+            }
+            UsersError::Refused(_) => Layer::own(ErrorCode::Internal, "USERS_SERVICE_REFUSED"),
         }
     }
 }
+
+heft_service::into_status!(UsersError);
 
 pub struct UsersClient {
     client: UserServiceClient<Channel>,

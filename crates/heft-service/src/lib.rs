@@ -17,6 +17,7 @@ pub mod peer;
 pub mod rpc_layer;
 pub mod telemetry;
 pub mod time;
+pub mod units;
 
 pub use auth::{Caller, Secret, Tokens};
 pub use error::{ErrorCode, FieldViolation, InvalidRequest, ServiceError, Violations, to_status};

@@ -6,7 +6,7 @@ use heft_service::{db::Database, time};
 use heft_test_support::{TestDatabase, backend_tests};
 use heft_users::{
     domain::{
-        Email, LoginAttempt, LoginThrottle, NewUser, PurgeCursor, PurgeJob, PurgeJobQuery,
+        Credentials, Email, LoginAttempt, LoginThrottle, PurgeCursor, PurgeJob, PurgeJobQuery,
         PurgeState, ThrottleKey, User, UserId, UserName, UserPatch, WeightUnit,
     },
     store::{self, StoreError, UserStore},
@@ -21,9 +21,9 @@ async fn open(db: &TestDatabase) -> Arc<dyn UserStore> {
     store::on(&database)
 }
 
-fn new_user(email: &str) -> NewUser {
+fn new_user(email: &str) -> Credentials {
     let now = time::now();
-    NewUser {
+    Credentials {
         user: User {
             id: UserId::generate(),
             email: Email::parse(email).expect("email"),

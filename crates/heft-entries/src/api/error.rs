@@ -1,23 +1,14 @@
 use heft_proto::entries::v1::reason::PURGE_INCOMPLETE;
 use heft_service::{
-    ErrorCode, InvalidRequest,
-    auth::AuthError,
+    ErrorCode,
     error::{Layer, LayeredError},
 };
 
-use crate::{store::StoreError, users_client::UsersError};
-
-/// Everything an EntryService call can fail with.
+/// What the entries API refuses on its own. The errors of the layers below
+/// (invalid requests, the store, the users service) reach the caller
+/// through their own `From<_> for Status`, so a handler's `?` takes any of them.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error(transparent)]
-    Invalid(#[from] InvalidRequest),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Users(#[from] UsersError),
-    #[error(transparent)]
-    Auth(#[from] AuthError),
     #[error(
         "purge incomplete before the deadline: {deleted} entries deleted by this call, \
          {total} in all; the next call resumes"
@@ -28,10 +19,6 @@ pub enum ApiError {
 impl LayeredError for ApiError {
     fn layer(&self) -> Layer<'_> {
         match self {
-            ApiError::Invalid(e) => Layer::Inner(e),
-            ApiError::Store(e) => Layer::Inner(e),
-            ApiError::Users(e) => Layer::Inner(e),
-            ApiError::Auth(e) => Layer::Inner(e),
             ApiError::PurgeIncomplete { .. } => {
                 Layer::own(ErrorCode::DeadlineExceeded, PURGE_INCOMPLETE)
             }

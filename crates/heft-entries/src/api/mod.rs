@@ -57,7 +57,7 @@ impl EntryApi {
     /// tombstone is read here only to explain a refusal: a deleted user is
     /// FAILED_PRECONDITION rather than NOT_FOUND, even while the users
     /// service is down.
-    async fn check_owner<T>(&self, user_id: UserId, request: &Request<T>) -> Result<(), ApiError> {
+    async fn check_owner<T>(&self, user_id: UserId, request: &Request<T>) -> Result<(), Status> {
         match self.users.ensure_exists(user_id, request_id(request)).await {
             Ok(()) => Ok(()),
             Err(refusal) if self.store.is_purged(user_id).await? => {

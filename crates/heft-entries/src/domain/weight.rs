@@ -1,32 +1,10 @@
+pub use heft_service::units::WeightUnit;
+
 use super::Invalid;
 
 /// Exactly, by the international yard and pound agreement of 1959.
 pub const KILOGRAMS_PER_POUND: f64 = 0.45359237;
 const MAX_KILOGRAMS: f64 = 1000.0;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum WeightUnit {
-    Kilograms,
-    Pounds,
-}
-
-impl WeightUnit {
-    /// Stable number of the unit in storage and on the wire (`heft.common.v1.WeightUnit`).
-    pub fn code(self) -> i32 {
-        match self {
-            Self::Kilograms => 1,
-            Self::Pounds => 2,
-        }
-    }
-
-    pub fn from_code(code: i32) -> Option<Self> {
-        match code {
-            1 => Some(Self::Kilograms),
-            2 => Some(Self::Pounds),
-            _ => None,
-        }
-    }
-}
 
 /// A measured weight, kept exactly as given: value and unit. It is converted
 /// only on read, so a change of the user's preferred unit never changes the

@@ -9,7 +9,8 @@ use heft_service::{
 };
 
 use crate::domain::{
-    Email, Password, PurgeRecord, PurgeState, User, UserId, UserName, UserPatch, WeightUnit,
+    DEFAULT_WEIGHT_UNIT, Email, Password, PurgeRecord, PurgeState, User, UserId, UserName,
+    UserPatch, WeightUnit,
 };
 
 pub struct NewAccount {
@@ -55,7 +56,7 @@ pub fn create_user(request: pb::CreateUserRequest) -> Result<NewAccount, Invalid
         email: checked(email),
         name: checked(name),
         password: checked(password),
-        weight_unit: checked(weight_unit).unwrap_or(WeightUnit::DEFAULT),
+        weight_unit: checked(weight_unit).unwrap_or(DEFAULT_WEIGHT_UNIT),
     })
 }
 

@@ -1,24 +1,15 @@
 use std::time::Duration;
 
 use heft_service::{
-    ErrorCode, InvalidRequest,
-    auth::AuthError,
+    ErrorCode,
     error::{Layer, LayeredError},
 };
 
-use crate::{password::HashError, store::StoreError};
-
-/// Everything a UserService call can fail with.
+/// What the users API refuses on its own. The errors of the layers below
+/// (invalid requests, the store, hashing) reach the caller through their
+/// own `From<_> for Status`, so a handler's `?` takes any of them.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error(transparent)]
-    Invalid(#[from] InvalidRequest),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Hashing(#[from] HashError),
-    #[error(transparent)]
-    Auth(#[from] AuthError),
     #[error("email or password is incorrect")]
     BadCredentials,
     #[error("current password is incorrect")]
@@ -30,10 +21,6 @@ pub enum ApiError {
 impl LayeredError for ApiError {
     fn layer(&self) -> Layer<'_> {
         match self {
-            ApiError::Invalid(e) => Layer::Inner(e),
-            ApiError::Store(e) => Layer::Inner(e),
-            ApiError::Hashing(e) => Layer::Inner(e),
-            ApiError::Auth(e) => Layer::Inner(e),
             ApiError::BadCredentials => Layer::own(ErrorCode::Unauthenticated, "BAD_CREDENTIALS"),
             ApiError::WrongCurrentPassword => {
                 Layer::own(ErrorCode::Unauthenticated, "WRONG_CURRENT_PASSWORD")

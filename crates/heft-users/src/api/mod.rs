@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use crate::{
     cascade::{Cascade, PurgeOutcome},
     domain::{
-        Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeCursor, PurgeJobQuery,
-        ThrottleKey, User, UserId,
+        Credentials, Email, LoginAttempt, LoginThrottle, PurgeCursor, PurgeJobQuery, ThrottleKey,
+        User, UserId,
     },
     password::PasswordHasher,
     store::UserStore,
@@ -32,7 +32,8 @@ const MAX_PAGE_SIZE: u32 = 1000;
 const PAGE_SCOPE: &str = "users";
 const PURGE_JOBS_PAGE_SCOPE: &str = "purge_jobs";
 
-type ApiResult<T> = Result<T, ApiError>;
+/// The helpers' answers: a refusal of the API itself or of a layer below.
+type ApiResult<T> = Result<T, Status>;
 
 pub struct UserApi {
     store: Arc<dyn UserStore>,
@@ -77,7 +78,8 @@ impl UserApi {
             warn!("login refused: too many failures for this email");
             return Err(ApiError::LoginLocked {
                 retry_after: (until - now).to_std().unwrap_or_default(),
-            });
+            }
+            .into());
         }
         Ok(key)
     }
@@ -96,7 +98,7 @@ impl UserApi {
             .verify(password, &credentials.password_hash)
             .await?;
         if !verification.matches {
-            return Err(wrong);
+            return Err(wrong.into());
         }
         self.store.clear_login_failures(&attempt).await?;
         if verification.needs_rehash {
@@ -111,7 +113,7 @@ impl UserApi {
     async fn rehash(&self, id: UserId, password: &crate::domain::Password, old_hash: &str) {
         let upgraded = async {
             let hash = self.hasher.hash(password).await?;
-            Ok::<_, ApiError>(
+            Ok::<_, Status>(
                 self.store
                     .replace_password_hash(id, old_hash, &hash, time::now())
                     .await?,
@@ -144,7 +146,7 @@ impl UserService for UserApi {
             update_time: now,
         };
         self.store
-            .create_user(&NewUser {
+            .create_user(&Credentials {
                 user: user.clone(),
                 password_hash,
             })

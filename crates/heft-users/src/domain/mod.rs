@@ -110,32 +110,10 @@ impl fmt::Debug for Password {
 }
 
 /// The unit a user prefers to see weights in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightUnit {
-    Kilograms,
-    Pounds,
-}
+pub use heft_service::units::WeightUnit;
 
-impl WeightUnit {
-    /// The contract: a new account prefers pounds unless it says otherwise.
-    pub const DEFAULT: Self = Self::Pounds;
-
-    /// Stable number of the unit in storage and on the wire (`heft.common.v1.WeightUnit`).
-    pub fn code(self) -> i32 {
-        match self {
-            Self::Kilograms => 1,
-            Self::Pounds => 2,
-        }
-    }
-
-    pub fn from_code(code: i32) -> Option<Self> {
-        match code {
-            1 => Some(Self::Kilograms),
-            2 => Some(Self::Pounds),
-            _ => None,
-        }
-    }
-}
+/// The contract: a new account prefers pounds unless it says otherwise.
+pub const DEFAULT_WEIGHT_UNIT: WeightUnit = WeightUnit::Pounds;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -147,22 +125,6 @@ pub struct User {
     pub update_time: DateTime<Utc>,
 }
 
-/// A user about to be stored, with the hash of its password.
-#[derive(Clone)]
-pub struct NewUser {
-    pub user: User,
-    pub password_hash: String,
-}
-
-impl fmt::Debug for NewUser {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewUser")
-            .field("user", &self.user)
-            .field("password_hash", &"***")
-            .finish()
-    }
-}
-
 /// The fields an update changes; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct UserPatch {
@@ -171,7 +133,7 @@ pub struct UserPatch {
     pub weight_unit: Option<WeightUnit>,
 }
 
-/// What login needs: the user and the stored hash.
+/// A user with the hash of its password: what sign-up stores and login reads.
 #[derive(Clone)]
 pub struct Credentials {
     pub user: User,

@@ -12,9 +12,8 @@ use heft_service::{
 use uuid::Uuid;
 
 use crate::domain::{
-    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch,
-    WeightUnit,
+    Credentials, Email, LoginAttempt, LoginThrottle, PurgeJob, PurgeJobQuery, PurgeQueueStats,
+    PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch, WeightUnit,
 };
 
 mod postgres;
@@ -235,7 +234,7 @@ fn parse_state_column(value: &str) -> StoreResult<PurgeState> {
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
     /// `EmailTaken` if another user has the email.
-    async fn create_user(&self, user: &NewUser) -> StoreResult<()>;
+    async fn create_user(&self, user: &Credentials) -> StoreResult<()>;
 
     async fn get_user(&self, id: UserId) -> StoreResult<User>;
 

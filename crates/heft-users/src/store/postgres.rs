@@ -12,8 +12,8 @@ use super::{
     rows_into, state_column, unit_code, user_columns,
 };
 use crate::domain::{
-    Credentials, Email, LoginAttempt, LoginThrottle, NewUser, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, ThrottleKey, User, UserId, UserName, UserPatch,
+    Credentials, Email, LoginAttempt, LoginThrottle, PurgeJob, PurgeJobQuery, PurgeQueueStats,
+    PurgeRecord, ThrottleKey, User, UserId, UserName, UserPatch,
 };
 use heft_service::time;
 
@@ -30,7 +30,7 @@ impl PostgresUserStore {
 
 #[async_trait]
 impl UserStore for PostgresUserStore {
-    async fn create_user(&self, new: &NewUser) -> StoreResult<()> {
+    async fn create_user(&self, new: &Credentials) -> StoreResult<()> {
         let user = &new.user;
         sqlx::query(
             "INSERT INTO users (id, email, name, password_hash, weight_unit, create_time, update_time)
