@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, transport::Server};
 use uuid::Uuid;
 
-use crate::sample::date_to_proto;
+use heft_service::time::date_to_proto;
 
 /// Statements at once, each on a connection of its own.
 const CONNECTIONS: usize = 16;

@@ -1,13 +1,11 @@
 //! What heft is measured against: its statements run directly on
 //! PostgreSQL, on connections of the bench's own.
 
-use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::{
-    Connection as _, PgConnection, PgPool, Row as _,
-    postgres::{PgPoolOptions, PgRow},
-};
+use sqlx::{Connection as _, PgConnection, PgPool, postgres::PgPoolOptions};
 use tokio::sync::{Mutex, MutexGuard};
-use uuid::Uuid;
+
+/// The floor decodes its rows as heft-entries does: every column, by position.
+pub use heft_entries::store::EntryRow;
 
 /// The floor's connections: one per worker, held for the whole phase, as
 /// pgbench's clients: no pool, no ping, the statement alone.
@@ -33,33 +31,4 @@ pub async fn raw_pool(url: &str, size: u32) -> anyhow::Result<PgPool> {
         .max_connections(size)
         .connect(url)
         .await?)
-}
-
-// replaced by heft_entries::store::EntryRow on merge
-/// The floor decodes its rows as heft-entries does: every column, by position.
-#[allow(dead_code)]
-pub struct EntryRow {
-    id: Uuid,
-    user_id: Uuid,
-    value: f64,
-    unit: i16,
-    recorded_on: NaiveDate,
-    note: String,
-    create_time: DateTime<Utc>,
-    update_time: DateTime<Utc>,
-}
-
-impl sqlx::FromRow<'_, PgRow> for EntryRow {
-    fn from_row(row: &PgRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            id: row.try_get(0)?,
-            user_id: row.try_get(1)?,
-            value: row.try_get(2)?,
-            unit: row.try_get(3)?,
-            recorded_on: row.try_get(4)?,
-            note: row.try_get(5)?,
-            create_time: row.try_get(6)?,
-            update_time: row.try_get(7)?,
-        })
-    }
 }

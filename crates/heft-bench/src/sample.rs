@@ -1,12 +1,12 @@
 //! The entries the bench writes, the same through heft and in the floor's
 //! statements: the `i`-th has a weight and a day that follow from `i`.
 
-use chrono::{Datelike as _, NaiveDate};
+use chrono::NaiveDate;
 use heft_proto::{
     common::v1::{Weight, WeightUnit},
     entries::v1 as entries_pb,
-    google::r#type::Date,
 };
+use heft_service::time::date_to_proto;
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const KG: i32 = WeightUnit::Kilograms as i32;
@@ -29,15 +29,5 @@ pub fn new_entry(i: usize) -> entries_pb::NewEntry {
         }),
         recorded_on: Some(date_to_proto(recorded_on(i))),
         note: String::new(),
-    }
-}
-
-/// As `heft_entries::api::convert::date_to_proto`, which that crate keeps
-/// private.
-pub fn date_to_proto(date: NaiveDate) -> Date {
-    Date {
-        year: date.year(),
-        month: date.month() as i32,
-        day: date.day() as i32,
     }
 }

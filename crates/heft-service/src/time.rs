@@ -1,6 +1,8 @@
-//! Instants as the databases store them: UTC, microsecond precision.
+//! Instants as the databases store them (UTC, microsecond precision), and
+//! instants and days as the wire carries them.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, Utc};
+use heft_proto::google::r#type::Date;
 
 /// Now, truncated to what PostgreSQL keeps, so that a value read back equals
 /// the value written (keyset cursors compare them).
@@ -15,11 +17,15 @@ pub fn to_timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// Microseconds since the Unix epoch (SQLite keeps instants as integers).
-pub fn to_micros(instant: DateTime<Utc>) -> i64 {
-    instant.timestamp_micros()
-}
-
 pub fn from_micros(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// A calendar day as `google.type.Date`.
+pub fn date_to_proto(date: NaiveDate) -> Date {
+    Date {
+        year: date.year(),
+        month: date.month() as i32,
+        day: date.day() as i32,
+    }
 }

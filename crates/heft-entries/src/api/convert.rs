@@ -8,7 +8,7 @@ use heft_service::{
     InvalidRequest, Violations,
     error::checked,
     field_mask::{self, UpdateFields},
-    time::to_timestamp,
+    time::{date_to_proto, to_timestamp},
 };
 
 use crate::domain::{
@@ -197,15 +197,25 @@ pub fn get_entry(
     Ok((checked(id), checked(unit)))
 }
 
+/// What a list and a summary read, from either request: a user's entries
+/// between two days, and the unit to read them in.
+macro_rules! selection {
+    ($request:expr, $violations:expr) => {
+        (
+            $violations.check("user_id", UserId::parse(&$request.user_id)),
+            range(
+                $request.start_date.as_ref(),
+                $request.end_date.as_ref(),
+                $violations,
+            ),
+            $violations.check("unit", read_unit($request.unit)),
+        )
+    };
+}
+
 pub fn list_entries(request: pb::ListEntriesRequest) -> Result<ListParams, InvalidRequest> {
     let mut violations = Violations::new();
-    let user_id = violations.check("user_id", UserId::parse(&request.user_id));
-    let range = range(
-        request.start_date.as_ref(),
-        request.end_date.as_ref(),
-        &mut violations,
-    );
-    let unit = violations.check("unit", read_unit(request.unit));
+    let (user_id, range, unit) = selection!(request, &mut violations);
     let order = violations.check(
         "order",
         match pb::SortOrder::try_from(request.order) {
@@ -264,13 +274,7 @@ pub fn summarize(
     request: &pb::SummarizeEntriesRequest,
 ) -> Result<(UserId, DateRange, WeightUnit), InvalidRequest> {
     let mut violations = Violations::new();
-    let user_id = violations.check("user_id", UserId::parse(&request.user_id));
-    let range = range(
-        request.start_date.as_ref(),
-        request.end_date.as_ref(),
-        &mut violations,
-    );
-    let unit = violations.check("unit", read_unit(request.unit));
+    let (user_id, range, unit) = selection!(request, &mut violations);
     violations.into_result()?;
     // The contract: unspecified means kilograms here.
     Ok((
@@ -278,15 +282,6 @@ pub fn summarize(
         range,
         checked(unit).unwrap_or(WeightUnit::Kilograms),
     ))
-}
-
-pub fn date_to_proto(date: NaiveDate) -> Date {
-    use chrono::Datelike;
-    Date {
-        year: date.year(),
-        month: date.month() as i32,
-        day: date.day() as i32,
-    }
 }
 
 pub fn weight_to_proto(weight: Weight) -> common::Weight {
