@@ -74,14 +74,6 @@ pub struct Config {
     pub purge: purge::PurgeArgs,
 }
 
-/// Binds `HEFT_ENTRIES_LISTEN` and serves until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    host::run(config.listen, |listener, shutdown| {
-        serve_with_listener(config, listener, shutdown)
-    })
-    .await
-}
-
 /// Migrates the database, then serves on `listener` until `shutdown` resolves.
 pub async fn serve_with_listener(
     config: Config,
@@ -147,19 +139,16 @@ pub async fn main(cli: Cli) -> std::process::ExitCode {
             }
         }
         command => {
+            let healthcheck = matches!(command, Some(Command::Healthcheck));
+            let (listen, common) = (config.listen, config.common.clone());
             host::main(
                 "heft-entries",
-                matches!(command, Some(Command::Healthcheck)),
-                &config.common,
-                healthcheck(&config),
-                run(config.clone()),
+                healthcheck,
+                listen,
+                &common,
+                |listener, shutdown| serve_with_listener(config, listener, shutdown),
             )
             .await
         }
     }
-}
-
-/// The `healthcheck` subcommand: true when the service reports SERVING.
-pub async fn healthcheck(config: &Config) -> anyhow::Result<bool> {
-    client::check_local_service(config.listen, &config.common).await
 }

@@ -257,7 +257,7 @@ fn refresh_before_scrape(
 }
 
 /// Binds `listen` and runs `serve` on it until SIGINT or SIGTERM.
-pub async fn run<F, Fut>(listen: SocketAddr, serve: F) -> anyhow::Result<()>
+async fn run<F, Fut>(listen: SocketAddr, serve: F) -> anyhow::Result<()>
 where
     F: FnOnce(TcpListener, BoxFuture<'static, ()>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -391,17 +391,22 @@ pub async fn shutdown_signal() {
 }
 
 /// The body of a service binary's `main`: either answer the `healthcheck`
-/// subcommand, or set up logging and run the service.
-pub async fn main(
+/// subcommand (is the service at `listen` SERVING?), or set up logging, bind
+/// `listen` and run `serve` on it until SIGINT or SIGTERM.
+pub async fn main<F, Fut>(
     binary: &str,
     healthcheck: bool,
+    listen: SocketAddr,
     common: &CommonArgs,
-    check: impl Future<Output = anyhow::Result<bool>>,
-    run: impl Future<Output = anyhow::Result<()>>,
-) -> std::process::ExitCode {
+    serve: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(TcpListener, BoxFuture<'static, ()>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     use std::process::ExitCode;
     if healthcheck {
-        return match check.await {
+        return match crate::client::check_local_service(listen, common).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
                 eprintln!("{binary} is not serving");
@@ -417,7 +422,7 @@ pub async fn main(
         eprintln!("{error:#}");
         return ExitCode::FAILURE;
     }
-    match run.await {
+    match run(listen, serve).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "{binary} failed");

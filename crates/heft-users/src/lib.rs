@@ -84,14 +84,6 @@ pub struct Config {
     pub cascade: cascade::CascadeArgs,
 }
 
-/// Binds `HEFT_USERS_LISTEN` and serves until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    host::run(config.listen, |listener, shutdown| {
-        serve_with_listener(config, listener, shutdown)
-    })
-    .await
-}
-
 /// Migrates the database, then serves on `listener` until `shutdown`
 /// resolves; the purge dispatcher runs alongside and stops with it.
 pub async fn serve_with_listener(
@@ -212,18 +204,14 @@ fn register_metrics(
 
 /// The body of the `heft-users` binary (and of `heft users`).
 pub async fn main(cli: Cli) -> std::process::ExitCode {
-    let config = cli.config;
+    let healthcheck = matches!(cli.command, Some(Command::Healthcheck));
+    let (listen, common) = (cli.config.listen, cli.config.common.clone());
     host::main(
         "heft-users",
-        matches!(cli.command, Some(Command::Healthcheck)),
-        &config.common,
-        healthcheck(&config),
-        run(config.clone()),
+        healthcheck,
+        listen,
+        &common,
+        |listener, shutdown| serve_with_listener(cli.config, listener, shutdown),
     )
     .await
-}
-
-/// The `healthcheck` subcommand: true when the service reports SERVING.
-pub async fn healthcheck(config: &Config) -> anyhow::Result<bool> {
-    client::check_local_service(config.listen, &config.common).await
 }
