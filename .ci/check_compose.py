@@ -9,7 +9,7 @@ import yaml
 HEFT = ("users", "entries")
 # The gRPC and metrics ports each heft service must publish.
 PORTS = {"users": ("50051", "9051"), "entries": ("50052", "9052")}
-REQUIRED_ENV = ("HEFT_API_TOKENS", "HEFT_INTERNAL_TOKEN")
+SECRETS = ("HEFT_API_TOKENS", "HEFT_INTERNAL_TOKEN", "HEFT_CREDENTIALS_FILE")
 
 
 def env_of(service):
@@ -50,9 +50,22 @@ def check(compose):
         if "healthcheck" not in test:
             errors.append(f"{name}: the health check must use the readiness-based `healthcheck` subcommand")
         env = env_of(service)
-        for var in REQUIRED_ENV:
-            if not str(env.get(var) or "").strip():
-                errors.append(f"{name}: {var} is not set")
+        if not any(str(env.get(var) or "").strip() for var in ("HEFT_API_TOKENS", "HEFT_CREDENTIALS_FILE")):
+            errors.append(f"{name}: neither HEFT_API_TOKENS nor HEFT_CREDENTIALS_FILE is set")
+        if not str(env.get("HEFT_INTERNAL_TOKEN") or "").strip():
+            errors.append(f"{name}: HEFT_INTERNAL_TOKEN is not set")
+        for var in SECRETS:
+            value = str(env.get(var) or "").strip()
+            # A secret comes from the environment with no fallback: either
+            # ${VAR:?message} (required) or a path to a mounted file.
+            if value and var != "HEFT_CREDENTIALS_FILE" and not (
+                value.startswith("${") and ":?" in value and value.endswith("}")
+            ):
+                errors.append(f"{name}: {var} must be required from the environment "
+                              f"(${{{var}:?…}}), with no value or default in the file")
+        if str(env.get("HEFT_ALLOW_CLEARTEXT_PEER") or "").lower() != "true":
+            errors.append(f"{name}: the peer URL is http:// on compose's network: "
+                          "HEFT_ALLOW_CLEARTEXT_PEER must be \"true\" (with a comment why)")
     return errors
 
 

@@ -75,7 +75,7 @@ pub async fn run(
 ) -> anyhow::Result<AuditOutcome> {
     let database = Database::open(config.database_url.expose(), &store::MIGRATIONS).await?;
     let store = store::on(&database);
-    let users = crate::users_client(config)?;
+    let users = crate::users_client(config, crate::users_channel(config)?)?;
     let tally = find_orphans(store.as_ref(), &users, out).await?;
     let orphan_entries: u64 = tally.orphans.iter().map(|(_, count)| count).sum();
     let orphan_share = if tally.checked == 0 {

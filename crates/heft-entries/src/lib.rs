@@ -9,6 +9,7 @@ use heft_proto::{
     codec::MAX_BATCH_MESSAGE_BYTES, entries::v1::entry_service_server::EntryServiceServer,
 };
 use heft_service::{
+    auth::CredentialsCommand,
     client::{self, InternalCredentials},
     config::{CommonArgs, DatabaseUrl},
     db::Database,
@@ -16,12 +17,14 @@ use heft_service::{
     pagination::{PageTokens, generate_key},
 };
 use tokio::net::TcpListener;
+use tonic::transport::Channel;
 
 pub mod api;
 pub mod audit;
 pub mod domain;
 pub mod purge;
 pub mod store;
+pub mod token_keys;
 pub mod users_client;
 
 /// The service name health checks and reflection know it by.
@@ -43,6 +46,9 @@ pub enum Command {
     /// List entries whose user no longer exists in the users service (exit 0:
     /// none, 1: orphans found, 2: error or purge refused); --purge purges them.
     AuditOrphans(audit::AuditArgs),
+    /// Credentials for HEFT_CREDENTIALS_FILE.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -80,7 +86,7 @@ pub async fn serve_with_listener(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let host = Host::new(
+    let mut host = Host::new(
         SERVICE_NAME,
         &config.common,
         &config.metrics_listen,
@@ -88,32 +94,38 @@ pub async fn serve_with_listener(
     )
     .await?;
     let database = Database::open(config.database_url.expose(), &store::MIGRATIONS).await?;
+    let store = store::on(&database);
     let page_tokens = PageTokens::new(database.signing_key("page_token", &generate_key()).await?);
-    let users = users_client(&config)?;
-    let api = api::EntryApi::new(
-        store::on(&database),
-        users,
-        page_tokens,
-        config.purge.clone(),
-    );
+    let users_channel = users_channel(&config)?;
+    let token_keys = token_keys::TokenKeys::new(users_channel.clone(), store.clone());
+    // Not awaited: the users service need not be up for this one to start.
+    tokio::spawn({
+        let token_keys = token_keys.clone();
+        async move { token_keys.fetch().await }
+    });
+    host.accept_user_tokens(token_keys);
+    let users = users_client(&config, users_channel)?;
+    let api = api::EntryApi::new(store, users, page_tokens, config.purge.clone());
     // The largest message is BatchCreateEntries's; the codec holds every
     // other method to its own limit (`heft_proto::codec`).
     let service = EntryServiceServer::new(api)
         .max_decoding_message_size(MAX_BATCH_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_BATCH_MESSAGE_BYTES);
-    host.serve(service, database, None, shutdown).await
+    host.serve(service, api::METHODS, database, None, shutdown)
+        .await
 }
 
 /// The client this service asks whether users exist.
-fn users_client(config: &Config) -> anyhow::Result<users_client::UsersClient> {
+fn users_client(config: &Config, channel: Channel) -> anyhow::Result<users_client::UsersClient> {
     Ok(users_client::UsersClient::new(
-        client::channel(
-            &config.users_url,
-            config.common.client_tls()?,
-            std::time::Duration::from_secs(1),
-        )?,
+        channel,
         InternalCredentials::new(config.common.outgoing_internal_token())?,
     ))
+}
+
+/// The channel to the users service.
+fn users_channel(config: &Config) -> anyhow::Result<Channel> {
+    client::to_peer(&config.common, "HEFT_USERS_URL", &config.users_url)
 }
 
 /// The body of the `heft-entries` binary (and of `heft entries`).
@@ -137,6 +149,9 @@ pub async fn main(cli: Cli) -> std::process::ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Some(Command::Credentials(command)) => {
+            host::run_command(command.run(&mut std::io::stdout()))
         }
         command => {
             let healthcheck = matches!(command, Some(Command::Healthcheck));

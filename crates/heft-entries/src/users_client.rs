@@ -89,6 +89,14 @@ impl UsersClient {
         known.insert(user_id, Instant::now());
     }
 
+    /// Drops what the cache knows of a user (who is being purged).
+    pub fn forget(&self, user_id: UserId) {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&user_id);
+    }
+
     pub async fn ensure_exists(
         &self,
         user_id: UserId,

@@ -65,6 +65,7 @@ impl WireViolation {
             message: &format!("{}: {}", self.field, self.description),
             violations: &[(self.field, &self.description)],
             retry_after: None,
+            metadata: None,
         }
         .to_status()
     }
@@ -98,6 +99,8 @@ default_limits!(
     users::DeleteUserRequest,
     users::GetPurgeJobRequest,
     users::ListPurgeJobsRequest,
+    users::ListTokenKeysRequest,
+    users::ListTokenKeysResponse,
     users::User,
     users::ListUsersResponse,
     users::AuthenticateResponse,
@@ -286,6 +289,7 @@ impl<U: Message + Default + WireLimits> Decoder for BoundedDecoder<U> {
                 message: &format!("malformed message: {error}"),
                 violations: &[],
                 retry_after: None,
+                metadata: None,
             }
             .to_status()
         })

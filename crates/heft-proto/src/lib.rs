@@ -34,6 +34,9 @@ pub mod heft {
                 /// PurgeUserEntries's deadline came before its last batch:
                 /// the purge made progress and the next delivery resumes it.
                 pub const PURGE_INCOMPLETE: &str = "PURGE_INCOMPLETE";
+                /// PurgeUserEntries for a user the users service still has:
+                /// nothing was deleted.
+                pub const USER_EXISTS: &str = "USER_EXISTS";
             }
         }
     }

@@ -24,12 +24,19 @@ pub struct ErrorStatus<'a> {
     pub violations: &'a [(&'a str, &'a str)],
     /// How long to wait before retrying, when known (`RetryInfo`).
     pub retry_after: Option<Duration>,
+    /// A key and value for `ErrorInfo.metadata` (the scope a caller lacks).
+    pub metadata: Option<(&'a str, &'a str)>,
 }
 
 impl ErrorStatus<'_> {
     pub fn to_status(&self) -> Status {
         let mut details = ErrorDetails::new();
-        details.set_error_info(self.reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+        let metadata: HashMap<String, String> = self
+            .metadata
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .into_iter()
+            .collect();
+        details.set_error_info(self.reason, ERROR_DOMAIN, metadata);
         for (field, description) in self.violations {
             details.add_bad_request_violation(*field, *description);
         }

@@ -14,6 +14,16 @@ use crate::{
     rpc_layer::{REQUEST_ID_HEADER, RequestId},
 };
 
+/// The channel to the other service at `url` (named by the setting
+/// `peer_url_variable`), once the internal token is known to travel safely.
+pub fn to_peer(common: &CommonArgs, peer_url_variable: &str, url: &str) -> anyhow::Result<Channel> {
+    common.check_peer(peer_url_variable, url)?;
+    channel(url, common.client_tls()?, PEER_CONNECT_TIMEOUT)
+}
+
+/// A peer that does not accept a connection within this is unavailable.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A lazily connecting channel to the other service: neither service needs
 /// the other to be up to start.
 pub fn channel(

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::{
-    auth::{Secret, Tokens},
+    auth::{CredentialsFile, Secret, Tokens},
     telemetry::LogFormat,
 };
 
@@ -88,6 +88,16 @@ pub struct CommonArgs {
     #[arg(long, env = "HEFT_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 
+    /// TOML file of named, scoped credentials (`[[credential]]` name,
+    /// token_sha256, scopes); re-read on SIGHUP.
+    #[arg(long, env = "HEFT_CREDENTIALS_FILE")]
+    pub credentials_file: Option<PathBuf>,
+
+    /// Allow sending the internal token over http:// to a host that is not
+    /// loopback (a private network only; prefer https://).
+    #[arg(long, env = "HEFT_ALLOW_CLEARTEXT_PEER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_cleartext_peer: bool,
+
     /// Allow running without tokens on a non-loopback address (never in production).
     #[arg(long, env = "HEFT_ALLOW_OPEN", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_open: bool,
@@ -119,11 +129,50 @@ pub struct ServerLimits {
 }
 
 impl CommonArgs {
-    /// The tokens this service accepts; a half-configuration is an error.
+    /// The credentials this service accepts: `HEFT_API_TOKENS`, the
+    /// credentials file and the internal tokens. A file that does not parse,
+    /// or a half-configuration, is an error.
     pub fn tokens(&self) -> anyhow::Result<Tokens> {
-        let tokens = Tokens::new(&self.api_tokens, &self.internal_token);
+        let mut tokens = Tokens::new(&self.api_tokens, &self.internal_token);
+        if let Some(path) = &self.credentials_file {
+            tokens = tokens.with(CredentialsFile::read(path)?.0);
+        }
         tokens.check_complete().map_err(anyhow::Error::msg)?;
         Ok(tokens)
+    }
+
+    /// The internal token never crosses a network in cleartext: an
+    /// `http://` peer must be a loopback address (judged from the URL, no
+    /// lookup) unless `HEFT_ALLOW_CLEARTEXT_PEER=true`; and a CA with an
+    /// `http://` URL means TLS was meant but not configured.
+    pub fn check_peer(&self, peer_url_variable: &str, url: &str) -> anyhow::Result<()> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{peer_url_variable}={url:?} is not a URL: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Ok(());
+        }
+        if self.tls_ca.is_some() {
+            anyhow::bail!(
+                "HEFT_TLS_CA is set but {peer_url_variable} is http://: use https:// \
+                 (TLS was meant, plaintext configured)"
+            );
+        }
+        let host = uri.host().unwrap_or_default();
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback && self.outgoing_internal_token().is_some() && !self.allow_cleartext_peer {
+            anyhow::bail!(
+                "refusing to send the internal token in cleartext to {host}: set \
+                 {peer_url_variable} to an https:// URL (with HEFT_TLS_CA), or \
+                 HEFT_ALLOW_CLEARTEXT_PEER=true on a private network"
+            );
+        }
+        Ok(())
     }
 
     /// Protected mode, like Redis's: a service without tokens listens only

@@ -80,6 +80,11 @@ pub trait ServiceError: std::error::Error {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+
+    /// A key and value for `ErrorInfo.metadata`, if the error names one.
+    fn metadata(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
 }
 
 /// What one variant of a layered error is: an error of a layer below,
@@ -90,6 +95,7 @@ pub enum Layer<'a> {
         code: ErrorCode,
         reason: &'static str,
         retry_after: Option<Duration>,
+        metadata: Option<(&'static str, &'static str)>,
     },
 }
 
@@ -100,6 +106,7 @@ impl Layer<'_> {
             code,
             reason,
             retry_after: None,
+            metadata: None,
         }
     }
 }
@@ -139,6 +146,13 @@ impl<E: LayeredError> ServiceError for E {
             Layer::Own { retry_after, .. } => retry_after,
         }
     }
+
+    fn metadata(&self) -> Option<(&'static str, &'static str)> {
+        match self.layer() {
+            Layer::Inner(inner) => inner.metadata(),
+            Layer::Own { metadata, .. } => metadata,
+        }
+    }
 }
 
 /// Builds the status for an error. Internal errors are logged here with their
@@ -162,6 +176,7 @@ pub fn to_status(error: &dyn ServiceError) -> Status {
         message: &message,
         violations: &violations,
         retry_after: error.retry_after(),
+        metadata: error.metadata(),
     }
     .to_status()
 }

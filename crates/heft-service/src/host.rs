@@ -23,11 +23,11 @@ use tower::{
 };
 
 use crate::{
-    auth::Tokens,
+    auth::{Access, LiveTokens, Policy, UserTokenVerifier},
     config::CommonArgs,
     db::Database,
     metrics::{self, Metrics, Refresh},
-    rpc_layer::RpcLayer,
+    rpc_layer::{Gate, RpcLayer},
 };
 
 /// Refuses a call at once (RESOURCE_EXHAUSTED) when `max_in_flight` calls
@@ -59,7 +59,8 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Host {
     service_name: &'static str,
     common: CommonArgs,
-    tokens: Tokens,
+    tokens: LiveTokens,
+    user_tokens: Option<Arc<dyn UserTokenVerifier>>,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     metrics: Metrics,
@@ -85,11 +86,17 @@ impl Host {
         Ok(Self {
             service_name,
             common: common.clone(),
-            tokens,
+            tokens: LiveTokens::new(tokens),
+            user_tokens: None,
             listener,
             metrics_listener: metrics::bind(metrics_listen).await?,
             metrics: Metrics::new(service_name),
         })
+    }
+
+    /// Accept user tokens (`Authenticate`'s `access_token`), checked by `verifier`.
+    pub fn accept_user_tokens(&mut self, verifier: Arc<dyn UserTokenVerifier>) {
+        self.user_tokens = Some(verifier);
     }
 
     /// Where the service registers series of its own, beside the shared ones.
@@ -99,12 +106,15 @@ impl Host {
 
     /// Serves `service` until `shutdown` resolves, then reports NOT_SERVING,
     /// stops accepting, and waits at most the grace period for in-flight
-    /// calls. Meanwhile health follows readiness: NOT_SERVING while
-    /// `database` does not answer. Before each scrape, the pool's figures are
-    /// read, and `refresh` brings the service's own series up to date.
+    /// calls. Each call must pass its method's rule in `methods` (method
+    /// name, access). Meanwhile health follows readiness: NOT_SERVING while
+    /// `database` does not answer; SIGHUP re-reads the credentials. Before
+    /// each scrape, the pool's figures are read, and `refresh` brings the
+    /// service's own series up to date.
     pub async fn serve<S>(
         self,
         service: S,
+        methods: &[(&str, Access)],
         database: Database,
         refresh: Option<Refresh>,
         shutdown: impl Future<Output = ()>,
@@ -122,6 +132,7 @@ impl Host {
             service_name,
             common,
             tokens,
+            user_tokens,
             listener,
             metrics_listener,
             metrics,
@@ -166,7 +177,14 @@ impl Host {
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .tcp_keepalive(Some(TCP_KEEPALIVE))
             .layer(shed_load_beyond(limits.max_in_flight))
-            .layer(RpcLayer::new(tokens, metrics.clone()))
+            .layer(RpcLayer::new(
+                Gate {
+                    tokens: tokens.clone(),
+                    policy: Arc::new(Policy::new(service_name, methods)),
+                    user_tokens,
+                },
+                metrics.clone(),
+            ))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
@@ -190,6 +208,11 @@ impl Host {
             service_name,
             ready,
             ready_now,
+            stopped.clone(),
+        ));
+        let reloads = tokio::spawn(reload_credentials_on_sighup(
+            common.clone(),
+            tokens,
             stopped.clone(),
         ));
         let metrics_server = match metrics_listener {
@@ -232,11 +255,52 @@ impl Host {
             }
         }
         let _ = readiness.await;
+        reloads.abort();
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }
         tracing::info!(service = service_name, "stopped");
         Ok(())
+    }
+}
+
+/// Re-reads the credentials on every SIGHUP until shutdown. A list that
+/// does not load leaves the one in force, and says why.
+async fn reload_credentials_on_sighup(
+    common: CommonArgs,
+    tokens: LiveTokens,
+    mut stopped: watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP: credentials reload only on restart");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => return,
+                received = hangups.recv() => if received.is_none() { return },
+            }
+            match common.tokens() {
+                Ok(reloaded) => {
+                    tokens.replace(reloaded);
+                    tracing::info!("credentials reloaded");
+                }
+                Err(error) => tracing::error!(
+                    error = format!("{error:#}"),
+                    "credentials not reloaded: the previous ones stay in force"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (common, tokens, stopped.wait_for(|stop| *stop).await);
     }
 }
 
@@ -427,6 +491,17 @@ where
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "{binary} failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit of a subcommand that runs and ends (`credentials new`).
+pub fn run_command(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{error:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

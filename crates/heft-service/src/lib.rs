@@ -18,6 +18,7 @@ pub mod rpc_layer;
 pub mod telemetry;
 pub mod time;
 pub mod units;
+pub mod user_token;
 
 pub use auth::{Caller, Secret, Tokens};
 pub use error::{ErrorCode, FieldViolation, InvalidRequest, ServiceError, Violations, to_status};

@@ -36,6 +36,9 @@ const UNKNOWN_METHOD: &str = "unknown";
 struct RpcLabels {
     method: Arc<str>,
     code: &'static str,
+    /// The credential's name (never a token): one series per configured
+    /// caller, plus the fixed names of `Caller::name`.
+    caller: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,7 +80,7 @@ impl Metrics {
         let rpc_requests = Family::<RpcLabels, Counter>::default();
         registry.register(
             "heft_rpc_requests",
-            "RPCs finished, by method and status code",
+            "RPCs finished, by method, status code and caller",
             rpc_requests.clone(),
         );
         let rpc_duration =
@@ -116,7 +119,7 @@ impl Metrics {
     }
 
     /// Records one finished call.
-    pub fn record_rpc(&self, path: &str, code: tonic::Code, elapsed: Duration) {
+    pub fn record_rpc(&self, path: &str, caller: Arc<str>, code: tonic::Code, elapsed: Duration) {
         let method = path.strip_prefix('/').unwrap_or(path);
         let method = self
             .known_methods
@@ -126,6 +129,7 @@ impl Metrics {
             .get_or_create(&RpcLabels {
                 method: method.clone(),
                 code: crate::peer::code_name(code),
+                caller,
             })
             .inc();
         self.rpc_duration
@@ -239,11 +243,13 @@ mod tests {
         let metrics = Metrics::new("heft.users.v1.UserService");
         metrics.record_rpc(
             "/heft.users.v1.UserService/GetUser",
+            Arc::from("warehouse-sync"),
             tonic::Code::NotFound,
             Duration::from_millis(2),
         );
         metrics.record_rpc(
             "/made.up.Service/Anything",
+            Arc::from("refused"),
             tonic::Code::Unimplemented,
             Duration::from_millis(1),
         );
@@ -251,12 +257,12 @@ mod tests {
         let text = metrics.encode();
         assert!(
             text.contains(
-                r#"heft_rpc_requests_total{method="heft.users.v1.UserService/GetUser",code="NOT_FOUND"} 1"#
+                r#"heft_rpc_requests_total{method="heft.users.v1.UserService/GetUser",code="NOT_FOUND",caller="warehouse-sync"} 1"#
             ),
             "{text}"
         );
         assert!(
-            text.contains(r#"heft_rpc_requests_total{method="unknown",code="UNIMPLEMENTED"} 1"#),
+            text.contains(r#"heft_rpc_requests_total{method="unknown",code="UNIMPLEMENTED",caller="refused"} 1"#),
             "{text}"
         );
         assert!(

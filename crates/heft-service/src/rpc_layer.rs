@@ -1,5 +1,6 @@
-//! A tower layer around every gRPC call: request id, authentication, a tracing
-//! span, and one log line when the call ends.
+//! A tower layer around every gRPC call: request id, authentication and the
+//! method's access rule, a tracing span naming the caller, and one log line
+//! and the request metrics when the call ends.
 
 use std::{
     sync::Arc,
@@ -14,17 +15,13 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::{
-    auth::{Caller, Tokens},
+    auth::{AuthError, Caller, LiveTokens, Policy, UserTokenVerifier},
     error::to_status,
     metrics::Metrics,
 };
 
 /// Metadata key carrying the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// The one call that answers without a token (container health checks).
-/// `Watch` streams for as long as the client likes, so it needs a token.
-const UNAUTHENTICATED_METHOD: &str = "/grpc.health.v1.Health/Check";
 
 /// The id this call is traced under; in the request extensions, and passed on
 /// to calls this one makes to the other service.
@@ -48,28 +45,53 @@ pub fn request_id<T>(request: &tonic::Request<T>) -> Option<&RequestId> {
     request.extensions().get::<RequestId>()
 }
 
-/// The authenticated caller of a call. Calls that did not pass through the
-/// layer (none in production) count as API callers, the least privileged.
-pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
-    request
-        .extensions()
-        .get::<Caller>()
-        .copied()
-        .unwrap_or(Caller::Api)
+/// The authenticated caller of a call. A call that did not pass through the
+/// layer (none in production) counts as anonymous, which no method but a
+/// public one admits.
+pub fn caller<T>(request: &tonic::Request<T>) -> &Caller {
+    static ANONYMOUS: Caller = Caller::Anonymous;
+    request.extensions().get::<Caller>().unwrap_or(&ANONYMOUS)
+}
+
+/// What the layer checks each call against.
+#[derive(Clone)]
+pub struct Gate {
+    pub tokens: LiveTokens,
+    pub policy: Arc<Policy>,
+    pub user_tokens: Option<Arc<dyn UserTokenVerifier>>,
+}
+
+impl Gate {
+    /// Who calls, and whether the method's rule admits them.
+    async fn admit(&self, path: &str, authorization: Option<&[u8]>) -> Result<Caller, AuthError> {
+        let access = self.policy.access(path);
+        let tokens = self.tokens.current();
+        let caller = match (access, authorization) {
+            (crate::auth::Access::Public, None) => Caller::Anonymous,
+            _ => match tokens.authenticate(authorization)? {
+                Ok(caller) => caller,
+                Err(token) => match &self.user_tokens {
+                    Some(verifier) if crate::auth::looks_like_jwt(token) => {
+                        Caller::User(verifier.verify(token).await?)
+                    }
+                    _ => return Err(AuthError::Invalid),
+                },
+            },
+        };
+        caller.authorize(access)?;
+        Ok(caller)
+    }
 }
 
 #[derive(Clone)]
 pub struct RpcLayer {
-    tokens: Arc<Tokens>,
+    gate: Gate,
     metrics: Arc<Metrics>,
 }
 
 impl RpcLayer {
-    pub fn new(tokens: Tokens, metrics: Arc<Metrics>) -> Self {
-        Self {
-            tokens: Arc::new(tokens),
-            metrics,
-        }
+    pub fn new(gate: Gate, metrics: Arc<Metrics>) -> Self {
+        Self { gate, metrics }
     }
 }
 
@@ -79,7 +101,7 @@ impl<S> Layer<S> for RpcLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RpcService {
             inner,
-            tokens: self.tokens.clone(),
+            gate: self.gate.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -88,7 +110,7 @@ impl<S> Layer<S> for RpcLayer {
 #[derive(Clone)]
 pub struct RpcService<S> {
     inner: S,
-    tokens: Arc<Tokens>,
+    gate: Gate,
     metrics: Arc<Metrics>,
 }
 
@@ -114,26 +136,35 @@ where
         // A clone of the URI shares its bytes: no copy of the path per call.
         let uri = request.uri().clone();
         let method = uri.path();
-        let span = tracing::info_span!("rpc", %method, request_id = %request_id.0);
+        let span = tracing::info_span!(
+            "rpc",
+            %method,
+            request_id = %request_id.0,
+            caller = tracing::field::Empty
+        );
         let response_id = HeaderValue::from_str(&request_id.0).ok();
-
-        let authenticated = if method == UNAUTHENTICATED_METHOD {
-            Ok(Caller::Open)
-        } else {
-            self.tokens.authenticate(
-                request
-                    .headers()
-                    .get(http::header::AUTHORIZATION)
-                    .map(HeaderValue::as_bytes),
-            )
-        };
         request.extensions_mut().insert(request_id);
         let metrics = self.metrics.clone();
+        let gate = self.gate.clone();
 
         Box::pin(
             async move {
                 let started = Instant::now();
-                let mut response = match authenticated {
+                let admitted = gate
+                    .admit(
+                        uri.path(),
+                        request
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .map(HeaderValue::as_bytes),
+                    )
+                    .await;
+                let caller_name: Arc<str> = match &admitted {
+                    Ok(caller) => caller.label(),
+                    Err(_) => Arc::from("refused"),
+                };
+                tracing::Span::current().record("caller", &*caller_name);
+                let mut response = match admitted {
                     Ok(caller) => {
                         request.extensions_mut().insert(caller);
                         inner.call(request).await?
@@ -152,7 +183,7 @@ where
                     .unwrap_or(0);
                 let elapsed = started.elapsed();
                 let code = tonic::Code::from_i32(grpc_status);
-                metrics.record_rpc(uri.path(), code, elapsed);
+                metrics.record_rpc(uri.path(), caller_name, code, elapsed);
                 tracing::info!(
                     grpc_code = ?code,
                     elapsed_ms = elapsed.as_secs_f64() * 1000.0,

@@ -11,6 +11,7 @@ use std::{
 use heft_proto::codec::MAX_MESSAGE_BYTES;
 use heft_proto::users::v1::user_service_server::UserServiceServer;
 use heft_service::{
+    auth::CredentialsCommand,
     client::{self, InternalCredentials},
     config::{CommonArgs, DatabaseUrl},
     db::Database,
@@ -30,6 +31,7 @@ pub mod cascade;
 pub mod domain;
 pub mod password;
 pub mod store;
+pub mod tokens;
 
 /// The service name health checks and reflection know it by.
 pub const SERVICE_NAME: &str = "heft.users.v1.UserService";
@@ -47,6 +49,19 @@ pub struct Cli {
 pub enum Command {
     /// Exit 0 when the service at HEFT_USERS_LISTEN reports SERVING (for container health checks).
     Healthcheck,
+    /// Credentials for HEFT_CREDENTIALS_FILE.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// The keys that sign user tokens.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Add a new signing key: tokens are signed with it within 30 s, and the
+    /// old key stays published until every token it signed has expired.
+    Rotate,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -82,6 +97,8 @@ pub struct Config {
     pub hashing: password::HashingArgs,
     #[command(flatten)]
     pub cascade: cascade::CascadeArgs,
+    #[command(flatten)]
+    pub tokens: tokens::TokenArgs,
 }
 
 /// Migrates the database, then serves on `listener` until `shutdown`
@@ -107,17 +124,15 @@ pub async fn serve_with_listener(
             .await?,
     );
     let hasher = password::PasswordHasher::new(&config.hashing)?;
-    let entries = client::channel(
-        &config.entries_url,
-        config.common.client_tls()?,
-        std::time::Duration::from_secs(1),
-    )?;
+    let entries = client::to_peer(&config.common, "HEFT_ENTRIES_URL", &config.entries_url)?;
     let cascade = Arc::new(cascade::Cascade::new(
         store.clone(),
         entries,
         InternalCredentials::new(config.common.outgoing_internal_token())?,
         config.cascade.clone(),
     ));
+    let user_tokens = tokens::UserTokens::open(store.clone(), &config.tokens).await?;
+    host.accept_user_tokens(user_tokens.clone());
     let refresh = register_metrics(host.registry(), store.clone(), hasher.clone());
     let api = api::UserApi::new(
         store,
@@ -126,6 +141,7 @@ pub async fn serve_with_listener(
         throttle_keys,
         page_tokens,
         cascade.clone(),
+        user_tokens,
     );
 
     let (stop_dispatcher, dispatcher_stopped) = watch::channel(false);
@@ -133,7 +149,9 @@ pub async fn serve_with_listener(
     let service = UserServiceServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let served = host.serve(service, database, Some(refresh), shutdown).await;
+    let served = host
+        .serve(service, api::METHODS, database, Some(refresh), shutdown)
+        .await;
 
     let _ = stop_dispatcher.send(true);
     if tokio::time::timeout(config.common.shutdown_grace(), dispatcher)
@@ -204,6 +222,15 @@ fn register_metrics(
 
 /// The body of the `heft-users` binary (and of `heft users`).
 pub async fn main(cli: Cli) -> std::process::ExitCode {
+    match &cli.command {
+        Some(Command::Credentials(command)) => {
+            return host::run_command(command.run(&mut std::io::stdout()));
+        }
+        Some(Command::Keys(KeysCommand::Rotate)) => {
+            return host::run_command(rotate_keys(&cli.config).await);
+        }
+        _ => {}
+    }
     let healthcheck = matches!(cli.command, Some(Command::Healthcheck));
     let (listen, common) = (cli.config.listen, cli.config.common.clone());
     host::main(
@@ -214,4 +241,11 @@ pub async fn main(cli: Cli) -> std::process::ExitCode {
         |listener, shutdown| serve_with_listener(cli.config, listener, shutdown),
     )
     .await
+}
+
+async fn rotate_keys(config: &Config) -> anyhow::Result<()> {
+    let database = Database::open(config.database_url.expose(), &store::MIGRATIONS).await?;
+    let kid = tokens::rotate(store::on(&database).as_ref()).await?;
+    println!("new token signing key {kid}: in use within 30 s on every replica");
+    Ok(())
 }

@@ -6,8 +6,8 @@ use heft_service::{db::Database, time};
 use heft_test_support::{TestDatabase, backend_tests};
 use heft_users::{
     domain::{
-        Credentials, Email, LoginAttempt, LoginThrottle, PurgeCursor, PurgeJob, PurgeJobQuery,
-        PurgeState, ThrottleKey, User, UserId, UserName, UserPatch, WeightUnit,
+        Credentials, Email, HashReplacement, LoginAttempt, LoginThrottle, PurgeCursor, PurgeJob,
+        PurgeJobQuery, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch, WeightUnit,
     },
     store::{self, StoreError, UserStore},
 };
@@ -79,7 +79,13 @@ async fn password_hashes_are_replaced_only_if_unchanged(db: TestDatabase) {
 
     assert!(
         !store
-            .replace_password_hash(id, "$argon2id$stale", "$argon2id$new", now)
+            .replace_password_hash(&HashReplacement {
+                id,
+                expected: "$argon2id$stale",
+                new_hash: "$argon2id$new",
+                now,
+                new_password: true,
+            })
             .await
             .expect("cas")
     );
@@ -89,7 +95,13 @@ async fn password_hashes_are_replaced_only_if_unchanged(db: TestDatabase) {
     );
     assert!(
         store
-            .replace_password_hash(id, &user.password_hash, "$argon2id$new", now)
+            .replace_password_hash(&HashReplacement {
+                id,
+                expected: &user.password_hash,
+                new_hash: "$argon2id$new",
+                now,
+                new_password: true,
+            })
             .await
             .expect("cas")
     );

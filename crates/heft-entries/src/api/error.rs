@@ -1,4 +1,4 @@
-use heft_proto::entries::v1::reason::PURGE_INCOMPLETE;
+use heft_proto::entries::v1::reason::{PURGE_INCOMPLETE, USER_EXISTS};
 use heft_service::{
     ErrorCode,
     error::{Layer, LayeredError},
@@ -14,6 +14,10 @@ pub enum ApiError {
          {total} in all; the next call resumes"
     )]
     PurgeIncomplete { deleted: u64, total: u64 },
+    #[error("the user still exists in the users service: nothing was purged")]
+    UserExists,
+    #[error("cannot confirm with the users service that the user is deleted: nothing was purged")]
+    DeletionUnconfirmed,
 }
 
 impl LayeredError for ApiError {
@@ -21,6 +25,10 @@ impl LayeredError for ApiError {
         match self {
             ApiError::PurgeIncomplete { .. } => {
                 Layer::own(ErrorCode::DeadlineExceeded, PURGE_INCOMPLETE)
+            }
+            ApiError::UserExists => Layer::own(ErrorCode::FailedPrecondition, USER_EXISTS),
+            ApiError::DeletionUnconfirmed => {
+                Layer::own(ErrorCode::Unavailable, "DELETION_UNCONFIRMED")
             }
         }
     }

@@ -7,6 +7,7 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use heft_proto::entries::v1::{self as pb, entry_service_server::EntryService};
 use heft_service::{
+    auth::{Access, Scope},
     caller, host,
     pagination::{self, PageTokens},
     request_id, time,
@@ -17,14 +18,43 @@ use tracing::info;
 use crate::{
     domain::{Cursor, Entry, EntryId, ListQuery, Summarizer, UserId},
     purge::{self, PurgeArgs},
-    store::EntryStore,
-    users_client::UsersClient,
+    store::{EntryStore, StoreError},
+    users_client::{UsersClient, UsersError},
 };
 
 mod convert;
 mod error;
 
 pub use error::ApiError;
+
+/// Who may call each method (docs/access.md). A user token reaches its
+/// own user's entries only: the handlers check `user_id`, and an entry of
+/// another user is NOT_FOUND, as if it did not exist.
+pub const METHODS: &[(&str, Access)] = &[
+    (
+        "CreateEntry",
+        Access::scope_or_own_user(Scope::EntriesWrite),
+    ),
+    (
+        "BatchCreateEntries",
+        Access::scope_or_own_user(Scope::EntriesWrite),
+    ),
+    (
+        "UpdateEntry",
+        Access::scope_or_own_user(Scope::EntriesWrite),
+    ),
+    (
+        "DeleteEntry",
+        Access::scope_or_own_user(Scope::EntriesWrite),
+    ),
+    ("GetEntry", Access::scope_or_own_user(Scope::EntriesRead)),
+    ("ListEntries", Access::scope_or_own_user(Scope::EntriesRead)),
+    (
+        "SummarizeEntries",
+        Access::scope_or_own_user(Scope::EntriesRead),
+    ),
+    ("PurgeUserEntries", Access::InternalOnly),
+];
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -58,14 +88,36 @@ impl EntryApi {
     /// FAILED_PRECONDITION rather than NOT_FOUND, even while the users
     /// service is down.
     async fn check_owner<T>(&self, user_id: UserId, request: &Request<T>) -> Result<(), Status> {
+        caller(request).require_user(user_id.0)?;
         match self.users.ensure_exists(user_id, request_id(request)).await {
             Ok(()) => Ok(()),
             Err(refusal) if self.store.is_purged(user_id).await? => {
                 tracing::debug!(%user_id, %refusal, "user is purged");
-                Err(crate::store::StoreError::UserPurged.into())
+                Err(StoreError::UserPurged.into())
             }
             Err(refusal) => Err(refusal.into()),
         }
+    }
+}
+
+impl EntryApi {
+    /// An entry by id, if the caller may see it: another user's entry is
+    /// NOT_FOUND to a user token, exactly as an absent one.
+    async fn visible_entry<T>(&self, id: EntryId, request: &Request<T>) -> Result<Entry, Status> {
+        let entry = self.store.get_entry(id).await?;
+        if !caller(request).may_see(entry.user_id.0) {
+            return Err(StoreError::NotFound.into());
+        }
+        Ok(entry)
+    }
+
+    /// For writes by id: a user token first proves the entry is its own
+    /// (an entry never changes owner, so the check cannot go stale).
+    async fn check_entry_owner<T>(&self, id: EntryId, request: &Request<T>) -> Result<(), Status> {
+        if matches!(caller(request), heft_service::Caller::User(_)) {
+            self.visible_entry(id, request).await?;
+        }
+        Ok(())
     }
 }
 
@@ -121,7 +173,7 @@ impl EntryService for EntryApi {
         request: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
         let (id, unit) = convert::get_entry(request.get_ref())?;
-        let entry = self.store.get_entry(id).await?;
+        let entry = self.visible_entry(id, &request).await?;
         Ok(Response::new(convert::entry_to_proto(&entry, unit)))
     }
 
@@ -129,7 +181,9 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let user = caller(&request).clone();
         let params = convert::list_entries(request.into_inner())?;
+        user.require_user(params.user_id.0)?;
         let page_size = pagination::page_size(params.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         // The token is bound to everything that selects or orders entries.
         let filter = (params.user_id, params.range, params.order);
@@ -165,6 +219,7 @@ impl EntryService for EntryApi {
         request: Request<pb::UpdateEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
         let (id, patch) = convert::update_entry(request.get_ref(), today())?;
+        self.check_entry_owner(id, &request).await?;
         let entry = self.store.update_entry(id, &patch, time::now()).await?;
         Ok(Response::new(convert::entry_to_proto(&entry, None)))
     }
@@ -174,6 +229,7 @@ impl EntryService for EntryApi {
         request: Request<pb::DeleteEntryRequest>,
     ) -> Result<Response<()>, Status> {
         let id = convert::id(&request.get_ref().id, "id", EntryId::parse)?;
+        self.check_entry_owner(id, &request).await?;
         self.store.delete_entry(id).await?;
         Ok(Response::new(()))
     }
@@ -183,6 +239,7 @@ impl EntryService for EntryApi {
         request: Request<pb::SummarizeEntriesRequest>,
     ) -> Result<Response<pb::SummarizeEntriesResponse>, Status> {
         let (user_id, range, unit) = convert::summarize(request.get_ref())?;
+        caller(&request).require_user(user_id.0)?;
         let mut entries = self.store.entries_in_range(user_id, range);
         let mut summarizer = Summarizer::new(unit);
         while let Some(entry) = entries.try_next().await? {
@@ -211,8 +268,14 @@ impl EntryService for EntryApi {
         &self,
         request: Request<pb::PurgeUserEntriesRequest>,
     ) -> Result<Response<pb::PurgeUserEntriesResponse>, Status> {
-        caller(&request).require_internal()?;
         let user_id = convert::id(&request.get_ref().user_id, "user_id", UserId::parse)?;
+        // A leaked internal token cannot erase a live user: only a definite
+        // NOT_FOUND from the users service lets the purge start.
+        match self.users.lookup(user_id, request_id(&request)).await {
+            Err(UsersError::UserNotFound) => self.users.forget(user_id),
+            Ok(()) => return Err(ApiError::UserExists.into()),
+            Err(_) => return Err(ApiError::DeletionUnconfirmed.into()),
+        }
         // Stop starting batches a little before the deadline, to answer in time.
         let budget = host::time_budget(&request).mul_f64(0.9);
         let progress = purge::purge_user(

@@ -6,6 +6,7 @@ use heft_service::{
     error::checked,
     field_mask::{self, UpdateFields},
     time::to_timestamp,
+    user_token::TokenPublicKey,
 };
 
 use crate::domain::{
@@ -161,5 +162,15 @@ pub fn purge_record_to_proto(record: &PurgeRecord) -> pb::PurgeJob {
         create_time: Some(to_timestamp(record.create_time)),
         complete_time: record.complete_time.map(to_timestamp),
         next_attempt_time: record.next_attempt_time.map(to_timestamp),
+    }
+}
+
+pub fn token_key_to_proto(key: &TokenPublicKey) -> pb::TokenKey {
+    pb::TokenKey {
+        kid: key.kid.clone(),
+        kty: "OKP".to_owned(),
+        crv: "Ed25519".to_owned(),
+        x: key.x_base64url(),
+        r#use: "sig".to_owned(),
     }
 }

@@ -16,6 +16,8 @@ pub enum ApiError {
     WrongCurrentPassword,
     #[error("too many failed logins for this email; try again in {} seconds", .retry_after.as_secs().max(1))]
     LoginLocked { retry_after: Duration },
+    #[error("cannot sign a user token")]
+    TokenSigning(#[source] anyhow::Error),
 }
 
 impl LayeredError for ApiError {
@@ -25,10 +27,12 @@ impl LayeredError for ApiError {
             ApiError::WrongCurrentPassword => {
                 Layer::own(ErrorCode::Unauthenticated, "WRONG_CURRENT_PASSWORD")
             }
+            ApiError::TokenSigning(_) => Layer::own(ErrorCode::Internal, "TOKEN_SIGNING"),
             ApiError::LoginLocked { retry_after } => Layer::Own {
                 code: ErrorCode::ResourceExhausted,
                 reason: "TOO_MANY_FAILED_LOGINS",
                 retry_after: Some(*retry_after),
+                metadata: None,
             },
         }
     }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use heft_proto::users::v1::{self as pb, user_service_server::UserService};
 use heft_service::{
+    auth::{Access, Scope},
+    caller,
     keyed::KeyedHash,
     pagination::{self, PageTokens},
     request_id, time,
@@ -15,17 +17,44 @@ use tracing::{info, warn};
 use crate::{
     cascade::{Cascade, PurgeOutcome},
     domain::{
-        Credentials, Email, LoginAttempt, LoginThrottle, PurgeCursor, PurgeJobQuery, ThrottleKey,
-        User, UserId,
+        Credentials, Email, HashReplacement, LoginAttempt, LoginThrottle, PurgeCursor,
+        PurgeJobQuery, ThrottleKey, User, UserId,
     },
     password::PasswordHasher,
     store::UserStore,
+    tokens::UserTokens,
 };
 
 mod convert;
 mod error;
 
 pub use error::ApiError;
+
+/// Who may call each method (docs/access.md). A user token reaches its own
+/// user only: the handlers check the id.
+pub const METHODS: &[(&str, Access)] = &[
+    ("CreateUser", Access::scope(Scope::UsersWrite)),
+    // The entries service asks whether a user exists with the internal token.
+    (
+        "GetUser",
+        Access::Scoped {
+            scope: Scope::UsersRead,
+            internal: true,
+            user_token: true,
+        },
+    ),
+    ("ListUsers", Access::scope(Scope::UsersRead)),
+    ("UpdateUser", Access::scope_or_own_user(Scope::UsersWrite)),
+    (
+        "ChangePassword",
+        Access::scope_or_own_user(Scope::UsersWrite),
+    ),
+    ("DeleteUser", Access::scope_or_own_user(Scope::UsersDelete)),
+    ("Authenticate", Access::scope(Scope::UsersAuthenticate)),
+    ("GetPurgeJob", Access::scope(Scope::PurgeRead)),
+    ("ListPurgeJobs", Access::scope(Scope::PurgeRead)),
+    ("ListTokenKeys", Access::Public),
+];
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -42,6 +71,7 @@ pub struct UserApi {
     throttle_keys: KeyedHash,
     page_tokens: PageTokens,
     cascade: Arc<Cascade>,
+    tokens: Arc<UserTokens>,
 }
 
 impl UserApi {
@@ -52,6 +82,7 @@ impl UserApi {
         throttle_keys: KeyedHash,
         page_tokens: PageTokens,
         cascade: Arc<Cascade>,
+        tokens: Arc<UserTokens>,
     ) -> Self {
         Self {
             store,
@@ -60,6 +91,7 @@ impl UserApi {
             throttle_keys,
             page_tokens,
             cascade,
+            tokens,
         }
     }
 
@@ -115,7 +147,13 @@ impl UserApi {
             let hash = self.hasher.hash(password).await?;
             Ok::<_, Status>(
                 self.store
-                    .replace_password_hash(id, old_hash, &hash, time::now())
+                    .replace_password_hash(&HashReplacement {
+                        id,
+                        expected: old_hash,
+                        new_hash: &hash,
+                        now: time::now(),
+                        new_password: false,
+                    })
                     .await?,
             )
         };
@@ -160,6 +198,7 @@ impl UserService for UserApi {
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
         let id = convert::user_id(&request.get_ref().id, "id")?;
+        caller(&request).require_user(id.0)?;
         let user = self.store.get_user(id).await?;
         Ok(Response::new(convert::user_to_proto(&user)))
     }
@@ -190,7 +229,9 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
+        let user = caller(&request).clone();
         let (id, patch) = convert::update_user(request.into_inner())?;
+        user.require_user(id.0)?;
         let user = self.store.update_user(id, &patch, time::now()).await?;
         Ok(Response::new(convert::user_to_proto(&user)))
     }
@@ -199,7 +240,9 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
+        let user = caller(&request).clone();
         let change = convert::change_password(request.into_inner())?;
+        user.require_user(change.id.0)?;
         let credentials = self.store.credentials(change.id).await?;
         let attempt = self.begin_attempt(&credentials.user.email).await?;
         self.verify_password(
@@ -212,12 +255,13 @@ impl UserService for UserApi {
         let new_hash = self.hasher.hash(&change.new).await?;
         let replaced = self
             .store
-            .replace_password_hash(
-                change.id,
-                &credentials.password_hash,
-                &new_hash,
-                time::now(),
-            )
+            .replace_password_hash(&HashReplacement {
+                id: change.id,
+                expected: &credentials.password_hash,
+                new_hash: &new_hash,
+                now: time::now(),
+                new_password: true,
+            })
             .await?;
         if !replaced {
             // Changed by a concurrent call: the password checked is no longer current.
@@ -245,8 +289,15 @@ impl UserService for UserApi {
             ApiError::BadCredentials,
         )
         .await?;
+        let (access_token, expire_time) = self
+            .tokens
+            .issue(credentials.user.id)
+            .await
+            .map_err(ApiError::TokenSigning)?;
         Ok(Response::new(pb::AuthenticateResponse {
             user: Some(convert::user_to_proto(&credentials.user)),
+            access_token,
+            expire_time: Some(time::to_timestamp(expire_time)),
         }))
     }
 
@@ -255,6 +306,7 @@ impl UserService for UserApi {
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let id = convert::user_id(&request.get_ref().id, "id")?;
+        caller(&request).require_user(id.0)?;
         let outcome = self.cascade.delete_user(id, request_id(&request)).await?;
         let response = match outcome {
             PurgeOutcome::Purged { deleted_entries } => pb::DeleteUserResponse {
@@ -307,6 +359,16 @@ impl UserService for UserApi {
         Ok(Response::new(pb::ListPurgeJobsResponse {
             purge_jobs: records.iter().map(convert::purge_record_to_proto).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn list_token_keys(
+        &self,
+        _request: Request<pb::ListTokenKeysRequest>,
+    ) -> Result<Response<pb::ListTokenKeysResponse>, Status> {
+        let keys = self.tokens.published().await;
+        Ok(Response::new(pb::ListTokenKeysResponse {
+            keys: keys.iter().map(convert::token_key_to_proto).collect(),
         }))
     }
 }

@@ -166,6 +166,19 @@ impl Default for LoginThrottle {
     }
 }
 
+/// A compare-and-swap of a password hash: `new_hash` replaces `expected`
+/// only if that is still the stored hash.
+#[derive(Debug, Clone, Copy)]
+pub struct HashReplacement<'a> {
+    pub id: UserId,
+    pub expected: &'a str,
+    pub new_hash: &'a str,
+    pub now: DateTime<Utc>,
+    /// A new password (ChangePassword), which ends the user tokens issued
+    /// before it; false for a re-hash of the same password.
+    pub new_password: bool,
+}
+
 /// What the login throttle counts failures under: a keyed hash of the
 /// normalised email, known or not (no account is revealed by the throttle).
 #[derive(Clone, Copy, PartialEq, Eq)]

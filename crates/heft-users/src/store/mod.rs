@@ -8,12 +8,14 @@ use heft_service::{
     ErrorCode,
     db::{Database, DbError, Migrations, Timestamp},
     error::{Layer, LayeredError},
+    user_token::TokenSigningKey,
 };
 use uuid::Uuid;
 
 use crate::domain::{
-    Credentials, Email, LoginAttempt, LoginThrottle, PurgeJob, PurgeJobQuery, PurgeQueueStats,
-    PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch, WeightUnit,
+    Credentials, Email, HashReplacement, LoginAttempt, LoginThrottle, PurgeJob, PurgeJobQuery,
+    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch,
+    WeightUnit,
 };
 
 mod postgres;
@@ -202,6 +204,33 @@ impl TryFrom<RecordRow> for PurgeRecord {
     }
 }
 
+/// A key that signs user tokens, and when it was made.
+#[derive(Debug, Clone)]
+pub struct StoredTokenKey {
+    pub key: TokenSigningKey,
+    pub create_time: DateTime<Utc>,
+}
+
+/// A row of `token_keys`.
+#[derive(sqlx::FromRow)]
+struct TokenKeyRow {
+    kid: String,
+    private_key: Vec<u8>,
+    create_time: Timestamp,
+}
+
+impl TryFrom<TokenKeyRow> for StoredTokenKey {
+    type Error = StoreError;
+
+    fn try_from(row: TokenKeyRow) -> StoreResult<Self> {
+        Ok(StoredTokenKey {
+            key: TokenSigningKey::from_stored(row.kid, &row.private_key)
+                .ok_or(DbError::Corrupt("token_keys.private_key"))?,
+            create_time: row.create_time.0,
+        })
+    }
+}
+
 /// Each row mapped to the domain; the first that does not map fails all.
 fn rows_into<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> StoreResult<Vec<T>> {
     rows.into_iter().map(T::try_from).collect()
@@ -257,13 +286,16 @@ pub trait UserStore: Send + Sync + 'static {
     /// Replaces the hash only if it is still `expected` (compare-and-swap),
     /// so that a re-hash or change based on a password checked a moment ago
     /// never overwrites a newer password. False when the hash had changed.
-    async fn replace_password_hash(
-        &self,
-        id: UserId,
-        expected: &str,
-        password_hash: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
+    async fn replace_password_hash(&self, change: &HashReplacement<'_>) -> StoreResult<bool>;
+
+    /// When the user's password last changed (None: never since sign-up);
+    /// `NotFound` when there is no such user.
+    async fn password_change_time(&self, id: UserId) -> StoreResult<Option<DateTime<Utc>>>;
+
+    /// The keys that sign user tokens, newest first.
+    async fn token_keys(&self) -> StoreResult<Vec<StoredTokenKey>>;
+
+    async fn add_token_key(&self, key: &TokenSigningKey, now: DateTime<Utc>) -> StoreResult<()>;
 
     /// Atomically takes one login attempt for the account, counted as a
     /// failure until [`UserStore::clear_login_failures`]; refused when the

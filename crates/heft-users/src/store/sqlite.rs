@@ -4,17 +4,18 @@ use async_trait::async_trait;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use heft_service::user_token::TokenSigningKey;
 use heft_service::{db::Timestamp, time};
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use super::{
-    CredentialsRow, JobRow, RecordRow, StoreError, StoreResult, UserRow, UserStore, record_columns,
-    rows_into, state_column, unit_code, user_columns,
+    CredentialsRow, JobRow, RecordRow, StoreError, StoreResult, StoredTokenKey, TokenKeyRow,
+    UserRow, UserStore, record_columns, rows_into, state_column, unit_code, user_columns,
 };
 use crate::domain::{
-    Credentials, Email, LoginAttempt, LoginThrottle, PurgeJob, PurgeJobQuery, PurgeQueueStats,
-    PurgeRecord, ThrottleKey, User, UserId, UserName, UserPatch,
+    Credentials, Email, HashReplacement, LoginAttempt, LoginThrottle, PurgeJob, PurgeJobQuery,
+    PurgeQueueStats, PurgeRecord, ThrottleKey, User, UserId, UserName, UserPatch,
 };
 
 #[derive(Debug, Clone)]
@@ -134,23 +135,52 @@ impl UserStore for SqliteUserStore {
         .try_into()
     }
 
-    async fn replace_password_hash(
-        &self,
-        id: UserId,
-        expected: &str,
-        password_hash: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool> {
+    async fn replace_password_hash(&self, change: &HashReplacement<'_>) -> StoreResult<bool> {
         let updated = sqlx::query(
-            "UPDATE users SET password_hash = $3, update_time = $4 WHERE id = $1 AND password_hash = $2",
+            "UPDATE users SET password_hash = $3, update_time = $4,
+                password_change_time = CASE WHEN $5 THEN $4 ELSE password_change_time END
+             WHERE id = $1 AND password_hash = $2",
         )
-        .bind(id.0)
-        .bind(expected)
-        .bind(password_hash)
-        .bind(Timestamp(now))
+        .bind(change.id.0)
+        .bind(change.expected)
+        .bind(change.new_hash)
+        .bind(Timestamp(change.now))
+        .bind(change.new_password)
         .execute(&self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
+    }
+
+    async fn password_change_time(&self, id: UserId) -> StoreResult<Option<DateTime<Utc>>> {
+        let row: Option<(Option<Timestamp>,)> =
+            sqlx::query_as("SELECT password_change_time FROM users WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (time,) = row.ok_or(StoreError::NotFound)?;
+        Ok(time.map(DateTime::from))
+    }
+
+    async fn token_keys(&self) -> StoreResult<Vec<StoredTokenKey>> {
+        let rows: Vec<TokenKeyRow> = sqlx::query_as(
+            "SELECT kid, private_key, create_time FROM token_keys ORDER BY create_time DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows_into(rows)
+    }
+
+    async fn add_token_key(&self, key: &TokenSigningKey, now: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO token_keys (kid, private_key, public_key, create_time) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&key.kid)
+        .bind(&key.seed()[..])
+        .bind(&key.public().x[..])
+        .bind(Timestamp(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn begin_login_attempt(
