@@ -560,21 +560,39 @@ async fn purge_is_internal_only_idempotent_and_final() {
         .expect_err("no token");
     assert_eq!(anonymous.code(), Code::Unauthenticated);
 
-    let purged = client
+    // A live user is not purged, whatever the token: nothing is deleted,
+    // and no tombstone stops the user's next entry.
+    let live = client
         .purge_user_entries(with_token(purge(), INTERNAL_TOKEN))
         .await
-        .expect("purge")
-        .into_inner();
-    assert_eq!(purged.deleted_count, 3);
+        .expect_err("live user");
+    assert_eq!(
+        (live.code(), reason(&live).as_str()),
+        (Code::FailedPrecondition, "USER_EXISTS")
+    );
+    client
+        .create_entry(authorized(create(&user, 80.0, KG, 4)))
+        .await
+        .expect("a live user's entries still come in");
+
+    // Deleted in the users service, the cascade purges at once; a purge
+    // delivered again finds nothing left.
+    let deleted = stack
+        .clients()
+        .delete_user(&user, None)
+        .await
+        .expect("delete")
+        .purged_entry_count;
+    assert_eq!(deleted, 4);
     let again = client
         .purge_user_entries(with_token(purge(), INTERNAL_TOKEN))
         .await
         .expect("again")
         .into_inner();
-    assert_eq!(again.deleted_count, 0);
+    assert_eq!((again.deleted_count, again.total_deleted_count), (0, 4));
 
     let refused = client
-        .create_entry(authorized(create(&user, 80.0, KG, 4)))
+        .create_entry(authorized(create(&user, 80.0, KG, 5)))
         .await
         .expect_err("purged user");
     assert_eq!(refused.code(), Code::FailedPrecondition);

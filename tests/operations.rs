@@ -35,13 +35,13 @@ async fn metrics_show_calls_the_purge_queue_and_the_pool(db: TestDatabase) {
     let count = |series: &str| sample(&page, series);
     assert_eq!(
         count(
-            r#"heft_rpc_requests_total{method="heft.users.v1.UserService/CreateUser",code="OK"}"#
+            r#"heft_rpc_requests_total{method="heft.users.v1.UserService/CreateUser",code="OK",caller="HEFT_API_TOKENS[1]"}"#
         ),
         Some(2.0),
         "{page}"
     );
     assert_eq!(
-        count(r#"heft_rpc_requests_total{method="heft.users.v1.UserService/GetUser",code="NOT_FOUND"}"#)
+        count(r#"heft_rpc_requests_total{method="heft.users.v1.UserService/GetUser",code="NOT_FOUND",caller="HEFT_API_TOKENS[1]"}"#)
             .map(|n| n >= 1.0),
         Some(true),
         "{page}"
@@ -82,7 +82,7 @@ async fn metrics_show_calls_the_purge_queue_and_the_pool(db: TestDatabase) {
     assert_eq!(
         sample(
             &page,
-            r#"heft_rpc_requests_total{method="heft.entries.v1.EntryService/ListEntries",code="OK"}"#
+            r#"heft_rpc_requests_total{method="heft.entries.v1.EntryService/ListEntries",code="OK",caller="HEFT_API_TOKENS[1]"}"#
         ),
         Some(1.0),
         "{page}"

@@ -26,6 +26,8 @@ use tonic::transport::Channel;
 pub const API_TOKEN: &str = "e2e-api-token";
 pub const INTERNAL_TOKEN: &str = "e2e-internal-token";
 
+/// The password of every user the helpers create.
+pub const PASSWORD: &str = "correct horse";
 pub const PURGED: i32 = users_pb::PurgeState::Purged as i32;
 pub const PENDING: i32 = users_pb::PurgeState::Pending as i32;
 
@@ -250,6 +252,12 @@ impl Process {
         self.log_text()
     }
 
+    /// SIGHUP: re-read the credentials file.
+    pub fn hangup(&self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-HUP", &pid]).status();
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill(mut self) {
         self.child.kill().expect("kill");
@@ -261,6 +269,24 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A CreateEntry of 80 kg on day `day` of May 2024.
+pub fn new_entry(user_id: &str, day: i32) -> entries_pb::CreateEntryRequest {
+    entries_pb::CreateEntryRequest {
+        user_id: user_id.into(),
+        weight: Some(Weight {
+            value: 80.0,
+            unit: WeightUnit::Kilograms as i32,
+        }),
+        recorded_on: Some(Date {
+            year: 2024,
+            month: 5,
+            day,
+        }),
+        note: String::new(),
+        request_id: String::new(),
     }
 }
 
@@ -298,11 +324,15 @@ impl Clients {
 
     pub async fn create_user(&mut self) -> String {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+        self.create_user_with_email(&email).await
+    }
+
+    pub async fn create_user_with_email(&mut self, email: &str) -> String {
         self.users
             .create_user(authorized(users_pb::CreateUserRequest {
-                email,
+                email: email.to_owned(),
                 name: "E2E".into(),
-                password: "correct horse".into(),
+                password: PASSWORD.into(),
                 weight_unit: WeightUnit::Kilograms as i32,
             }))
             .await
@@ -340,20 +370,7 @@ impl Clients {
         user_id: &str,
     ) -> Result<entries_pb::Entry, tonic::Status> {
         self.entries
-            .create_entry(authorized(entries_pb::CreateEntryRequest {
-                user_id: user_id.into(),
-                weight: Some(Weight {
-                    value: 80.0,
-                    unit: WeightUnit::Kilograms as i32,
-                }),
-                recorded_on: Some(Date {
-                    year: 2024,
-                    month: 5,
-                    day: 1,
-                }),
-                note: String::new(),
-                request_id: String::new(),
-            }))
+            .create_entry(authorized(new_entry(user_id, 1)))
             .await
             .map(tonic::Response::into_inner)
     }

@@ -233,6 +233,69 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn common(args: &[&str]) -> CommonArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(args);
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("args")
+            .common
+    }
+
+    #[test]
+    fn the_internal_token_never_goes_in_cleartext_off_the_machine() {
+        let with_token = common(&["--internal-token", "internal"]);
+        for loopback in [
+            "http://127.0.0.1:50052",
+            "http://localhost:50052",
+            "http://[::1]:50052",
+        ] {
+            assert!(
+                with_token.check_peer("HEFT_ENTRIES_URL", loopback).is_ok(),
+                "{loopback}"
+            );
+        }
+        assert!(
+            with_token
+                .check_peer("HEFT_ENTRIES_URL", "https://entries:50052")
+                .is_ok()
+        );
+        let error = with_token
+            .check_peer("HEFT_ENTRIES_URL", "http://entries:50052")
+            .expect_err("cleartext to another host");
+        assert!(
+            error.to_string().contains("HEFT_ALLOW_CLEARTEXT_PEER"),
+            "{error}"
+        );
+        let allowed = common(&[
+            "--internal-token",
+            "internal",
+            "--allow-cleartext-peer",
+            "true",
+        ]);
+        assert!(
+            allowed
+                .check_peer("HEFT_ENTRIES_URL", "http://entries:50052")
+                .is_ok()
+        );
+        // Open mode has no token to leak.
+        assert!(
+            common(&[])
+                .check_peer("HEFT_ENTRIES_URL", "http://entries:50052")
+                .is_ok()
+        );
+
+        let ca_with_http = common(&["--tls-ca", "/dev/null"]);
+        let error = ca_with_http
+            .check_peer("HEFT_USERS_URL", "http://127.0.0.1:50051")
+            .expect_err("a CA with http://");
+        assert!(error.to_string().contains("HEFT_TLS_CA"), "{error}");
+    }
+
     #[test]
     fn database_urls_never_print_their_password() {
         let url: DatabaseUrl = "postgres://heft:s3cret@db:5432/heft_users"

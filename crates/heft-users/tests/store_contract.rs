@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use heft_service::{db::Database, time};
+use heft_service::{db::Database, time, user_token::TokenSigningKey};
 use heft_test_support::{TestDatabase, backend_tests};
 use heft_users::{
     domain::{
@@ -59,6 +59,7 @@ async fn deleted_user(store: &dyn UserStore, email: &str) -> (UserId, PurgeJob) 
 }
 
 backend_tests!(
+    token_keys_and_password_changes,
     creates_reads_and_lists_users,
     unicode_emails_and_names_behave_alike_on_both_backends,
     emails_are_unique_even_under_concurrent_creates,
@@ -461,4 +462,64 @@ async fn purge_records_list_oldest_first_by_state(db: TestDatabase) {
     let pending = list(Some(PurgeState::Pending), None, 10).await;
     assert_eq!(pending.len(), 2);
     assert!(pending.iter().all(|r| r.state == PurgeState::Pending));
+}
+
+async fn token_keys_and_password_changes(db: TestDatabase) {
+    let store = open(&db).await;
+    assert!(store.token_keys().await.expect("keys").is_empty());
+    let first = TokenSigningKey::generate();
+    let second = TokenSigningKey::generate();
+    let now = time::now();
+    store.add_token_key(&first, now).await.expect("add");
+    store
+        .add_token_key(&second, now + chrono::Duration::seconds(1))
+        .await
+        .expect("add");
+    let keys = store.token_keys().await.expect("keys");
+    let kids: Vec<&str> = keys.iter().map(|k| k.key.kid.as_str()).collect();
+    assert_eq!(
+        kids,
+        [second.kid.as_str(), first.kid.as_str()],
+        "newest first"
+    );
+    assert_eq!(
+        keys[0].key.public(),
+        second.public(),
+        "the seed round-trips"
+    );
+
+    let user = new_user("tokens@example.com");
+    store.create_user(&user).await.expect("create");
+    let id = user.user.id;
+    assert_eq!(store.password_change_time(id).await.expect("time"), None);
+    let rehash = HashReplacement {
+        id,
+        expected: &user.password_hash,
+        new_hash: "$argon2id$rehashed",
+        now,
+        new_password: false,
+    };
+    assert!(store.replace_password_hash(&rehash).await.expect("rehash"));
+    assert_eq!(
+        store.password_change_time(id).await.expect("time"),
+        None,
+        "a re-hash is no change"
+    );
+    let changed_at = now + chrono::Duration::seconds(5);
+    let change = HashReplacement {
+        id,
+        expected: "$argon2id$rehashed",
+        new_hash: "$argon2id$new",
+        now: changed_at,
+        new_password: true,
+    };
+    assert!(store.replace_password_hash(&change).await.expect("change"));
+    assert_eq!(
+        store.password_change_time(id).await.expect("time"),
+        Some(changed_at)
+    );
+    assert!(matches!(
+        store.password_change_time(UserId::generate()).await,
+        Err(StoreError::NotFound)
+    ));
 }
