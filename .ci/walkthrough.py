@@ -22,11 +22,18 @@ import uuid
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 
-def walkthrough_lines():
+def walkthrough_lines(after="## Call it"):
     text = open(README, encoding="utf-8").read()
-    section = text.split("## Call it", 1)[1]
+    section = text.split(after, 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
     return [line for line in block.splitlines() if line.strip()]
+
+
+def credential(heft, name, scopes, env):
+    """`heft users credentials new`: the token (second line) and the entry."""
+    out = subprocess.run([heft, "users", "credentials", "new", "--name", name, "--scopes", scopes],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    return out.splitlines()[1].strip(), out[out.index("[[credential]]"):]
 
 
 def wait_for_port(port, timeout=60):
@@ -69,15 +76,32 @@ def main():
     for var in [v for v in env if v.startswith("HEFT_")]:
         if var != "HEFT_LOG":
             del env[var]
+    run_block(heft, env, workdir, walkthrough_lines())
+    # The same services with credentials: an admin (every scope) and a
+    # reader, from the CLI; the internal token a random one.
+    admin, admin_entry = credential(heft, "admin", "*", env)
+    reader, reader_entry = credential(heft, "warehouse-sync", "entries.read", env)
+    path = os.path.join(workdir, "credentials.toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(admin_entry + reader_entry)
+    secured = dict(env, HEFT_CREDENTIALS_FILE=path, HEFT_INTERNAL_TOKEN=uuid.uuid4().hex)
+    run_block(heft, secured, workdir, walkthrough_lines("### With credentials"),
+              dict(ADMIN=admin, READER=reader))
+
+
+def run_block(heft, env, workdir, lines, shell_vars=None):
+    """Starts both services with `env`, runs `lines` in order, stops them."""
     wait_until_free([50051, 50052, 9051, 9052])
     services = subprocess.Popen([os.path.abspath(heft)], cwd=workdir, env=env)
+    shell_env = dict(env, **(shell_vars or {}))
+    shell_env["PATH"] = f"{os.path.dirname(os.path.abspath(heft))}:{shell_env['PATH']}"
     try:
         wait_for_port(50051)
         wait_for_port(50052)
         time.sleep(1)
         filled = {"<uuid>": str(uuid.uuid4())}
-        prelude = ""
-        for line in walkthrough_lines():
+        prelude = "U=localhost:50051; E=localhost:50052\n"
+        for line in lines:
             if line.startswith("U=") or line.startswith("export "):
                 prelude += line + "\n"
                 continue
@@ -90,20 +114,23 @@ def main():
             print(f"$ {command}", flush=True)
             result = subprocess.run(
                 ["bash", "-c", prelude + command],
-                env=env,
+                env=shell_env,
                 capture_output=True,
                 text=True,
                 timeout=60,
             )
             print(result.stdout, end="")
+            print(result.stderr, end="", file=sys.stderr)
             if result.returncode != 0:
-                print(result.stderr, file=sys.stderr)
                 sys.exit(f"walkthrough line failed (exit {result.returncode}): {line}")
             if "/CreateUser" in line:
                 filled["<user-id>"] = json.loads(result.stdout)["id"]
             if "/CreateEntry" in line:
                 filled["<entry-id>"] = json.loads(result.stdout)["id"]
-        print(f"walkthrough: every line of the README ran ({len(walkthrough_lines())} lines)")
+            if "/Authenticate" in line:
+                answer = json.loads(result.stdout)
+                filled["<access-token>"] = answer.get("accessToken") or answer["access_token"]
+        print(f"walkthrough: every line ran ({len(lines)} lines)")
     finally:
         services.terminate()
         services.wait(timeout=30)

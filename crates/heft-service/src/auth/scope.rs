@@ -171,11 +171,19 @@ impl Policy {
             "/grpc.health.v1.Health/Watch".to_owned(),
             Access::Authenticated { internal: true },
         );
+        // The schema is public (it is in the repository): reflection lets
+        // grpcurl call ListTokenKeys, or learn the API, without a credential.
+        for reflection in [
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            rules.insert(reflection.to_owned(), Access::Public);
+        }
         Self(rules)
     }
 
-    /// The rule for a request path. Reflection and unknown paths admit any
-    /// caller but the internal token (an unknown path then gets UNIMPLEMENTED).
+    /// The rule for a request path. Unknown paths admit any caller but the
+    /// internal token (and then get UNIMPLEMENTED).
     pub fn access(&self, path: &str) -> Access {
         self.0
             .get(path)
