@@ -58,6 +58,8 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Phase {
     Get,
+    /// GetEntry and CreateEntry with a scoped credential and a user token.
+    Access,
     List,
     Create,
     Batch,

@@ -61,6 +61,14 @@ impl Clients {
         })
     }
 
+    /// The same connections, calling with another bearer token.
+    pub fn with_token(&self, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            token: format!("Bearer {token}").parse()?,
+            ..self.clone()
+        })
+    }
+
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request

@@ -100,6 +100,7 @@ impl Bench {
     pub async fn run(&mut self, phase: Phase) -> anyhow::Result<()> {
         match phase {
             Phase::Get => self.get().await,
+            Phase::Access => self.access().await,
             Phase::List => self.list().await,
             Phase::Create => self.create().await,
             Phase::Batch => self.batch().await,
@@ -214,6 +215,123 @@ impl Bench {
         self.read_against_floor("GetEntry", "GetEntry", get_through, floor)
             .await;
         self.round_trip_alone().await
+    }
+
+    /// What the token check costs: GetEntry of one user's entries with the
+    /// API token, a scoped credential and that user's token, and
+    /// CreateEntry for that user with the API token and the user token, each
+    /// against its floor in the same run.
+    async fn access(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: GetEntry and CreateEntry by credential");
+        let (user, email) = self.seeded.user_of(0).clone();
+        let page = self
+            .clients
+            .entries(0)
+            .list_entries(self.clients.request(entries_pb::ListEntriesRequest {
+                user_id: user.clone(),
+                page_size: 100,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let ids: Arc<Vec<String>> = Arc::new(page.entries.into_iter().map(|e| e.id).collect());
+        let user_token = self
+            .clients
+            .users(0)
+            .authenticate(self.clients.request(users_pb::AuthenticateRequest {
+                email,
+                password: PASSWORD.into(),
+            }))
+            .await?
+            .into_inner()
+            .access_token;
+        let pick = |ids: &[String]| {
+            ids[rand::Rng::gen_range(&mut rand::thread_rng(), 0..ids.len())].clone()
+        };
+        let floor = per_call(
+            (self.floor.clone(), ids.clone()),
+            move |(floor, ids), worker, _| async move {
+                let id: Uuid = pick(&ids).parse()?;
+                sqlx::query_as::<_, EntryRow>(
+                    "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
+                         FROM entries WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *floor.connection(worker).await)
+                .await?;
+                Ok::<_, anyhow::Error>(())
+            },
+        );
+        let workers = self.args.concurrency;
+        for (label, token) in [
+            ("the API token", stack::API_TOKEN.to_owned()),
+            (
+                "a scoped credential (entries.read)",
+                self.stack.reader_token.clone(),
+            ),
+            ("a user token", user_token.clone()),
+        ] {
+            let clients = self.clients.with_token(&token)?;
+            let heft = per_call(
+                (clients, ids.clone()),
+                move |(clients, ids), worker, _| async move {
+                    let id = pick(&ids);
+                    clients
+                        .entries(worker)
+                        .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
+                        .await
+                        .map(drop)
+                },
+            );
+            let measure = format!("GetEntry of one user's entries with {label}");
+            let (heft, of_floor) = self
+                .entries_against_floor(&measure, workers, heft, floor.clone())
+                .await;
+            self.report.ratio(&measure, &heft, &of_floor, "—", None);
+        }
+        let user_id: Uuid = user.parse()?;
+        let insert = per_call(self.floor.clone(), move |floor, worker, i| async move {
+            sqlx::query(
+                "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+                 VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(user_id)
+            .bind(kilograms(i as usize))
+            .bind(recorded_on(i as usize))
+            .bind(Uuid::new_v4())
+            .bind(Utc::now())
+            .execute(&mut *floor.connection(worker).await)
+            .await?;
+            Ok::<_, anyhow::Error>(())
+        });
+        for (label, token) in [
+            ("the API token", stack::API_TOKEN.to_owned()),
+            ("a user token", user_token),
+        ] {
+            let clients = self.clients.with_token(&token)?;
+            let user = user.clone();
+            let heft = per_call((clients, user), |(clients, user), worker, i| async move {
+                let entry = new_entry(i as usize);
+                clients
+                    .entries(worker)
+                    .create_entry(clients.request(entries_pb::CreateEntryRequest {
+                        user_id: user,
+                        weight: entry.weight,
+                        recorded_on: entry.recorded_on,
+                        note: "morning".into(),
+                        request_id: Uuid::new_v4().to_string(),
+                    }))
+                    .await
+                    .map(drop)
+            });
+            let measure = format!("CreateEntry for one user with {label}");
+            let (heft, of_floor) = self
+                .entries_against_floor(&measure, workers, heft, insert.clone())
+                .await;
+            self.report.ratio(&measure, &heft, &of_floor, "—", None);
+        }
+        Ok(())
     }
 
     /// The gRPC round trip alone, through the same server stack and

@@ -70,6 +70,9 @@ impl Drop for Service {
 pub struct Stack {
     pub users: Service,
     pub entries: Service,
+    /// The token of a credential with `entries.read` only.
+    pub reader_token: String,
+    credentials: PathBuf,
     pub entries_url: String,
     admin_url: String,
     databases: Vec<String>,
@@ -92,13 +95,26 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn spawn(binary: &Path, args: &[(&str, String)]) -> anyhow::Result<Child> {
+/// A credentials file with one reader (scope `entries.read`), for the
+/// access phase; its token.
+fn reader_credential(run: &str) -> anyhow::Result<(PathBuf, String)> {
+    let reader = heft_service::auth::NewCredential::generate(
+        "bench-reader",
+        heft_service::auth::Scopes::parse(["entries.read"]).map_err(anyhow::Error::msg)?,
+    )?;
+    let path = std::env::temp_dir().join(format!("heft-bench-credentials-{run}.toml"));
+    std::fs::write(&path, reader.entry)?;
+    Ok((path, reader.token))
+}
+
+fn spawn(binary: &Path, credentials: &Path, args: &[(&str, String)]) -> anyhow::Result<Child> {
     let mut command = Command::new(binary);
     command
         .env_clear()
         .env("HEFT_LOG", "warn")
         .env("HEFT_API_TOKENS", API_TOKEN)
         .env("HEFT_INTERNAL_TOKEN", INTERNAL_TOKEN)
+        .env("HEFT_CREDENTIALS_FILE", credentials)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for (flag, value) in args {
@@ -123,12 +139,14 @@ impl Stack {
                 .await?;
         }
         let (users_addr, entries_addr) = (free_port()?, free_port()?);
+        let (credentials, reader_token) = reader_credential(&run)?;
         let users_url = database_url(admin_url, &databases[0]);
         let entries_url = database_url(admin_url, &databases[1]);
         let users = Service {
             addr: users_addr,
             child: spawn(
                 &binary("heft-users")?,
+                &credentials,
                 &[
                     ("--listen", users_addr.to_string()),
                     ("--database-url", users_url),
@@ -141,6 +159,7 @@ impl Stack {
             addr: entries_addr,
             child: spawn(
                 &binary("heft-entries")?,
+                &credentials,
                 &[
                     ("--listen", entries_addr.to_string()),
                     ("--database-url", entries_url.clone()),
@@ -152,6 +171,8 @@ impl Stack {
         let stack = Self {
             users,
             entries,
+            reader_token,
+            credentials,
             entries_url,
             admin_url: admin_url.to_owned(),
             databases,
@@ -205,9 +226,11 @@ impl Stack {
             entries,
             admin_url,
             databases,
+            credentials,
             ..
         } = self;
         drop((users, entries));
+        let _ = std::fs::remove_file(credentials);
         let mut admin = PgConnection::connect(&admin_url).await?;
         for database in databases {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
