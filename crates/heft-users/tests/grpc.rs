@@ -615,10 +615,25 @@ async fn tokens_guard_every_call_but_health() {
         .list_users(call(Some("api-two")))
         .await
         .expect("api token");
-    client
+    // The internal token reaches GetUser (does this user exist?) and
+    // nothing else of the users service.
+    let internal = client
         .list_users(call(Some("internal-x")))
         .await
-        .expect("internal token");
+        .expect_err("internal token on ListUsers");
+    assert_eq!(internal.code(), Code::PermissionDenied);
+    let mut lookup = Request::new(pb::GetUserRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+    });
+    lookup
+        .metadata_mut()
+        .insert("authorization", "Bearer internal-x".parse().expect("ascii"));
+    let absent = client.get_user(lookup).await.expect_err("no such user");
+    assert_eq!(
+        absent.code(),
+        Code::NotFound,
+        "the internal token passes GetUser's gate"
+    );
 
     let channel = Channel::from_shared(service.url())
         .expect("url")
