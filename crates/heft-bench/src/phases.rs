@@ -202,14 +202,7 @@ impl Bench {
             (self.floor.clone(), self.seeded.clone()),
             |(floor, seeded), worker, _| async move {
                 let id: Uuid = seeded.any_entry().parse()?;
-                sqlx::query_as::<_, EntryRow>(
-                    "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
-                         FROM entries WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&mut *floor.connection(worker).await)
-                .await?;
-                Ok::<_, anyhow::Error>(())
+                select_directly(&floor, worker, id).await
             },
         );
         self.read_against_floor("GetEntry", "GetEntry", get_through, floor)
@@ -252,14 +245,7 @@ impl Bench {
             (self.floor.clone(), ids.clone()),
             move |(floor, ids), worker, _| async move {
                 let id: Uuid = pick(&ids).parse()?;
-                sqlx::query_as::<_, EntryRow>(
-                    "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
-                         FROM entries WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&mut *floor.connection(worker).await)
-                .await?;
-                Ok::<_, anyhow::Error>(())
+                select_directly(&floor, worker, id).await
             },
         );
         let workers = self.args.concurrency;
@@ -291,40 +277,19 @@ impl Bench {
         }
         let user_id: Uuid = user.parse()?;
         let insert = per_call(self.floor.clone(), move |floor, worker, i| async move {
-            sqlx::query(
-                "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
-                 VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)",
-            )
-            .bind(Uuid::now_v7())
-            .bind(user_id)
-            .bind(kilograms(i as usize))
-            .bind(recorded_on(i as usize))
-            .bind(Uuid::new_v4())
-            .bind(Utc::now())
-            .execute(&mut *floor.connection(worker).await)
-            .await?;
-            Ok::<_, anyhow::Error>(())
+            insert_directly(&floor, worker, user_id, i).await
         });
         for (label, token) in [
             ("the API token", stack::API_TOKEN.to_owned()),
             ("a user token", user_token),
         ] {
             let clients = self.clients.with_token(&token)?;
-            let user = user.clone();
-            let heft = per_call((clients, user), |(clients, user), worker, i| async move {
-                let entry = new_entry(i as usize);
-                clients
-                    .entries(worker)
-                    .create_entry(clients.request(entries_pb::CreateEntryRequest {
-                        user_id: user,
-                        weight: entry.weight,
-                        recorded_on: entry.recorded_on,
-                        note: "morning".into(),
-                        request_id: Uuid::new_v4().to_string(),
-                    }))
-                    .await
-                    .map(drop)
-            });
+            let heft = per_call(
+                (clients, user.clone()),
+                |(clients, user), worker, i| async move {
+                    create_through(&clients, worker, user, i).await
+                },
+            );
             let measure = format!("CreateEntry for one user with {label}");
             let (heft, of_floor) = self
                 .entries_against_floor(&measure, workers, heft, insert.clone())
@@ -426,38 +391,14 @@ impl Bench {
             (self.clients.clone(), self.seeded.clone()),
             |(clients, seeded), worker, i| async move {
                 let user = seeded.any_user().0.clone();
-                let entry = new_entry(i as usize);
-                clients
-                    .entries(worker)
-                    .create_entry(clients.request(entries_pb::CreateEntryRequest {
-                        user_id: user,
-                        weight: entry.weight,
-                        recorded_on: entry.recorded_on,
-                        note: "morning".into(),
-                        request_id: Uuid::new_v4().to_string(),
-                    }))
-                    .await
-                    .map(drop)
+                create_through(&clients, worker, user, i).await
             },
         );
         let floor = per_call(
             (self.floor.clone(), self.seeded.clone()),
             |(floor, seeded), worker, i| async move {
                 let user: Uuid = seeded.any_user().0.parse()?;
-                let now = Utc::now();
-                sqlx::query(
-                    "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
-                     VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)",
-                )
-                .bind(Uuid::now_v7())
-                .bind(user)
-                .bind(kilograms(i as usize))
-                .bind(recorded_on(i as usize))
-                .bind(Uuid::new_v4())
-                .bind(now)
-                .execute(&mut *floor.connection(worker).await)
-                .await?;
-                Ok::<_, anyhow::Error>(())
+                insert_directly(&floor, worker, user, i).await
             },
         );
         let workers = self.args.concurrency;
@@ -726,6 +667,61 @@ impl Bench {
 
 /// How long a DELETE of `entries` rows of one user takes, the rows written
 /// just before in one statement.
+/// GetEntry's floor: the SELECT by primary key, decoded as heft decodes it.
+async fn select_directly(floor: &FloorConnections, worker: usize, id: Uuid) -> anyhow::Result<()> {
+    sqlx::query_as::<_, EntryRow>(
+        "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
+             FROM entries WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *floor.connection(worker).await)
+    .await?;
+    Ok(())
+}
+
+/// CreateEntry of the `i`-th sample entry for `user`, with a request id.
+async fn create_through(
+    clients: &Clients,
+    worker: usize,
+    user_id: String,
+    i: u64,
+) -> Result<(), tonic::Status> {
+    let entry = new_entry(i as usize);
+    clients
+        .entries(worker)
+        .create_entry(clients.request(entries_pb::CreateEntryRequest {
+            user_id,
+            weight: entry.weight,
+            recorded_on: entry.recorded_on,
+            note: "morning".into(),
+            request_id: Uuid::new_v4().to_string(),
+        }))
+        .await
+        .map(drop)
+}
+
+/// CreateEntry's floor: the INSERT of the same row, on the worker's connection.
+async fn insert_directly(
+    floor: &FloorConnections,
+    worker: usize,
+    user: Uuid,
+    i: u64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+         VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user)
+    .bind(kilograms(i as usize))
+    .bind(recorded_on(i as usize))
+    .bind(Uuid::new_v4())
+    .bind(Utc::now())
+    .execute(&mut *floor.connection(worker).await)
+    .await?;
+    Ok(())
+}
+
 async fn bare_delete(raw: &PgPool, entries: usize) -> anyhow::Result<Duration> {
     let user = Uuid::new_v4();
     sqlx::query(
