@@ -546,6 +546,39 @@ async fn weaker_hashes_are_upgraded_on_login() {
     );
 }
 
+/// A hash due for an upgrade never makes ChangePassword fail.
+#[tokio::test]
+async fn change_password_works_for_a_hash_due_for_an_upgrade() {
+    let db = TestDatabase::sqlite();
+    let weak = start_users(
+        &db,
+        &["--argon2-memory-kib", "8192", "--argon2-iterations", "1"],
+    )
+    .await;
+    let ada = create(&mut client(&weak).await, "ada@example.com").await;
+    weak.stop().await.expect("stop");
+
+    let strong = start_users(&db, &[]).await;
+    let mut client = client(&strong).await;
+    client
+        .change_password(pb::ChangePasswordRequest {
+            id: ada.id.clone(),
+            current_password: PASSWORD.to_owned(),
+            new_password: "a brand new passphrase".to_owned(),
+        })
+        .await
+        .expect("the right current password changes it");
+    client
+        .authenticate(login("ada@example.com", "a brand new passphrase"))
+        .await
+        .expect("the new password logs in");
+    let old = client
+        .authenticate(login("ada@example.com", PASSWORD))
+        .await
+        .expect_err("the old one does not");
+    assert_eq!(old.code(), Code::Unauthenticated);
+}
+
 #[tokio::test]
 async fn delete_user_answers_pending_when_entries_is_down() {
     let db = TestDatabase::sqlite();
@@ -706,6 +739,56 @@ async fn a_spray_of_logins_is_refused_fast_not_queued() {
             >= 2,
         "{refusals:?}"
     );
+}
+
+/// With hashing saturated by a spray of logins for other emails, a user's
+/// own logins answered HASHING_BUSY do not count as failures: the right
+/// password is accepted during and after the spray, never locked out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spray_of_logins_never_locks_a_user_out() {
+    let db = TestDatabase::sqlite();
+    let service = start_users(&db, &["--hashing-concurrency", "1", "--hashing-queue", "1"]).await;
+    let mut own = client(&service).await;
+    create(&mut own, "ada@example.com").await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sprayers: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut client, stop) = (own.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+                    let _ = client.authenticate(login(&email, PASSWORD)).await;
+                }
+            })
+        })
+        .collect();
+    let mut busy = 0;
+    let mut accepted = 0;
+    for _ in 0..30 {
+        match own.authenticate(login("ada@example.com", PASSWORD)).await {
+            Ok(_) => accepted += 1,
+            Err(status) => {
+                assert_eq!(
+                    reason(&status),
+                    "HASHING_BUSY",
+                    "only a busy hasher may refuse the right password: {status:?}"
+                );
+                busy += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for sprayer in sprayers {
+        sprayer.await.expect("sprayer");
+    }
+    assert!(
+        busy > 10,
+        "the spray saturated hashing ({busy} busy, {accepted} accepted)"
+    );
+    own.authenticate(login("ada@example.com", PASSWORD))
+        .await
+        .expect("the right password after the spray");
 }
 
 /// Beyond the configured calls in flight a service sheds load: the extra

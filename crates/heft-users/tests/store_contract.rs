@@ -271,6 +271,17 @@ async fn login_attempts_are_limited_atomically(db: TestDatabase) {
     for _ in 0..10 {
         assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
     }
+    assert!(matches!(
+        attempt(key, after_window).await,
+        LoginAttempt::Locked { .. }
+    ));
+    // An attempt whose password was never checked is given back: one more fits.
+    store.refund_login_attempt(&key).await.expect("refund");
+    assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
+    assert!(matches!(
+        attempt(key, after_window).await,
+        LoginAttempt::Locked { .. }
+    ));
 }
 
 async fn delete_records_a_purge_job_in_the_same_transaction(db: TestDatabase) {

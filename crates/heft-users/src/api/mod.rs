@@ -97,9 +97,10 @@ impl UserApi {
 
     /// Counts a login attempt for `email` before any hashing, for known and
     /// unknown emails alike: the throttle's answer and its cost do not tell
-    /// which emails have accounts. The attempt counts as a failure until a
-    /// success clears it.
-    async fn begin_attempt(&self, email: &Email) -> ApiResult<ThrottleKey> {
+    /// which emails have accounts. The count is atomic, so concurrent
+    /// guesses cannot exceed the limit; the [`Attempt`] gives it back unless
+    /// a password is checked and found wrong.
+    async fn begin_attempt(&self, email: &Email) -> ApiResult<Attempt> {
         let key = ThrottleKey(self.throttle_keys.digest(email.as_str().as_bytes()));
         let now = time::now();
         let attempt = self
@@ -113,27 +114,35 @@ impl UserApi {
             }
             .into());
         }
-        Ok(key)
+        Ok(Attempt {
+            store: self.store.clone(),
+            key,
+            settled: false,
+        })
     }
 
     /// Checks a password against the account's hash, after
-    /// [`UserApi::begin_attempt`]; a success clears the failures.
+    /// [`UserApi::begin_attempt`]: a wrong one keeps the count, a right one
+    /// clears the failures and, with `upgrade`, re-hashes a hash made with
+    /// weaker parameters.
     async fn verify_password(
         &self,
         credentials: &Credentials,
         password: &crate::domain::Password,
-        attempt: ThrottleKey,
+        attempt: Attempt,
         wrong: ApiError,
+        upgrade: bool,
     ) -> ApiResult<()> {
         let verification = self
             .hasher
             .verify(password, &credentials.password_hash)
             .await?;
         if !verification.matches {
+            attempt.counts();
             return Err(wrong.into());
         }
-        self.store.clear_login_failures(&attempt).await?;
-        if verification.needs_rehash {
+        attempt.succeeded().await?;
+        if upgrade && verification.needs_rehash {
             self.rehash(credentials.user.id, password, &credentials.password_hash)
                 .await;
         }
@@ -162,6 +171,45 @@ impl UserApi {
             // The password was changed meanwhile: the new hash stands.
             Ok(false) => {}
             Err(error) => warn!(user_id = %id, %error, "cannot re-hash password"),
+        }
+    }
+}
+
+/// A login attempt, counted as a failure while its password is checked. A
+/// checked, wrong password keeps the count ([`Attempt::counts`]), a right
+/// one clears the failures ([`Attempt::succeeded`]); an attempt dropped
+/// unsettled (hashing busy, an error, the caller gone) gives its count back,
+/// so a spray of logins for other emails never locks a user out.
+struct Attempt {
+    store: Arc<dyn UserStore>,
+    key: ThrottleKey,
+    settled: bool,
+}
+
+impl Attempt {
+    fn counts(mut self) {
+        self.settled = true;
+    }
+
+    async fn succeeded(mut self) -> ApiResult<()> {
+        self.settled = true;
+        Ok(self.store.clear_login_failures(&self.key).await?)
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Dropping may be the call's cancellation: the refund runs on its own.
+        let (store, key) = (self.store.clone(), self.key);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.refund_login_attempt(&key).await {
+                    warn!(error = %heft_service::error::DisplayChain(&error), "cannot give back an unchecked login attempt");
+                }
+            });
         }
     }
 }
@@ -245,11 +293,15 @@ impl UserService for UserApi {
         user.require_user(change.id.0)?;
         let credentials = self.store.credentials(change.id).await?;
         let attempt = self.begin_attempt(&credentials.user.email).await?;
+        // No upgrade of the old hash: the new password gets the configured
+        // parameters anyway, and the compare-and-swap below expects the hash
+        // that was checked.
         self.verify_password(
             &credentials,
             &change.current,
             attempt,
             ApiError::WrongCurrentPassword,
+            false,
         )
         .await?;
         let new_hash = self.hasher.hash(&change.new).await?;
@@ -280,6 +332,7 @@ impl UserService for UserApi {
         let Some(credentials) = self.store.find_credentials(&login.email).await? else {
             // Same cost and answer as a wrong password: no account enumeration.
             self.hasher.verify_dummy(&login.password).await?;
+            attempt.counts();
             return Err(ApiError::BadCredentials.into());
         };
         self.verify_password(
@@ -287,6 +340,7 @@ impl UserService for UserApi {
             &login.password,
             attempt,
             ApiError::BadCredentials,
+            true,
         )
         .await?;
         let (access_token, expire_time) = self

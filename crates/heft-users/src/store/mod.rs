@@ -309,6 +309,11 @@ pub trait UserStore: Send + Sync + 'static {
 
     async fn clear_login_failures(&self, key: &ThrottleKey) -> StoreResult<()>;
 
+    /// Gives back one attempt taken by [`UserStore::begin_login_attempt`]
+    /// whose password was never checked (hashing busy, an error, the call
+    /// gone): only a checked, wrong password counts.
+    async fn refund_login_attempt(&self, key: &ThrottleKey) -> StoreResult<()>;
+
     /// Deletes the user and records `job` in the purge outbox, in one
     /// transaction. The job is claimed by the caller for `lease`.
     ///

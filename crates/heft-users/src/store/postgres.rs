@@ -223,6 +223,16 @@ impl UserStore for PostgresUserStore {
         Ok(())
     }
 
+    async fn refund_login_attempt(&self, key: &ThrottleKey) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE login_throttle SET failures = failures - 1 WHERE email_key = $1 AND failures > 0",
+        )
+        .bind(&key.0[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1")

@@ -228,6 +228,16 @@ impl UserStore for SqliteUserStore {
         Ok(())
     }
 
+    async fn refund_login_attempt(&self, key: &ThrottleKey) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE login_throttle SET failures = failures - 1 WHERE email_key = $1 AND failures > 0",
+        )
+        .bind(&key.0[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()> {
         let now = time::now();
         // IMMEDIATE takes the write lock up front, so the transaction cannot
