@@ -343,10 +343,18 @@ async fn login(
     users: &mut UserServiceClient<Channel>,
     email: &str,
 ) -> (String, users_pb::AuthenticateResponse) {
+    login_with(users, email, common::PASSWORD).await
+}
+
+async fn login_with(
+    users: &mut UserServiceClient<Channel>,
+    email: &str,
+    password: &str,
+) -> (String, users_pb::AuthenticateResponse) {
     let response = users
         .authenticate(common::authorized(users_pb::AuthenticateRequest {
             email: email.to_owned(),
-            password: common::PASSWORD.to_owned(),
+            password: password.to_owned(),
         }))
         .await
         .expect("login")
@@ -508,7 +516,7 @@ async fn user_tokens_reach_their_own_data_only(db: TestDatabase) {
         ))
         .await
         .expect("change own password");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Within the same second as the change too: `iat` is in whole seconds.
     let stale = clients
         .users
         .get_user(with_token(
@@ -518,6 +526,15 @@ async fn user_tokens_reach_their_own_data_only(db: TestDatabase) {
         .await
         .expect_err("token from before the change");
     assert_eq!(stale.code(), Code::Unauthenticated);
+    let (_, fresh) = login_with(&mut clients.users, &bob_email, "another long password").await;
+    clients
+        .users
+        .get_user(with_token(
+            users_pb::GetUserRequest { id: bob.clone() },
+            &fresh.access_token,
+        ))
+        .await
+        .expect("a token issued after the change");
 
     // Self-service deletion; then the token is refused by both services.
     clients

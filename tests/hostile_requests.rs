@@ -201,3 +201,50 @@ async fn hostile_messages_are_refused_with_bounded_memory() {
     assert_eq!(clients.count_entries(&user).await, 0);
     drop((users, entries));
 }
+
+/// 200 calls without a token to an unknown 8 KB path: the path is never
+/// echoed and refusals log at debug, so the log grows by far less than
+/// the calls' paths (200 × 8 KB = 1.6 MB).
+#[tokio::test]
+async fn unauthenticated_calls_to_unknown_paths_cannot_flood_the_log() {
+    let stack = Stack::new(TestDatabase::sqlite()).await;
+    let (users, _entries) = stack.start().await;
+    let channel = Channel::from_shared(format!("http://{}", users.spec.listen))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let path = format!("/heft.users.v1.UserService/{}", "x".repeat(8 * 1024));
+    let before = users.log_text().len();
+    for _ in 0..200 {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("ready");
+        let status = grpc
+            .unary::<Vec<u8>, Vec<u8>, _>(
+                tonic::Request::new(Vec::new()),
+                PathAndQuery::try_from(path.as_str()).expect("path"),
+                RawCodec,
+            )
+            .await
+            .expect_err("no token");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    // The log is read by a thread of the test: give it the last lines.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = users.log_text();
+    let grown = log.len() - before;
+    eprintln!("log growth for 200 refused calls: {grown} bytes");
+    assert!(
+        grown < 20 * 1024,
+        "the log grew by {grown} bytes for 200 refused calls"
+    );
+    assert!(
+        !log.contains(&"x".repeat(100)),
+        "the unknown path is never echoed"
+    );
+    let page = users.scrape().await;
+    assert!(
+        page.contains(r#"heft_rpc_requests_total{method="unknown",code="UNAUTHENTICATED",caller="refused"} 200"#),
+        "refusals are counted: {page}"
+    );
+}

@@ -20,6 +20,12 @@ use crate::{
     metrics::Metrics,
 };
 
+/// How spans and logs name a path the service does not serve.
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// The caller label of a call refused at the gate.
+static REFUSED: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("refused"));
+
 /// Metadata key carrying the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -135,7 +141,13 @@ where
         let request_id = RequestId::from_header(request.headers().get(REQUEST_ID_HEADER));
         // A clone of the URI shares its bytes: no copy of the path per call.
         let uri = request.uri().clone();
-        let method = uri.path();
+        // A path this service does not serve is never echoed: callers
+        // without a token could otherwise fill the logs with it.
+        let method = if self.gate.policy.knows(uri.path()) {
+            uri.path()
+        } else {
+            UNKNOWN_METHOD
+        };
         let span = tracing::info_span!(
             "rpc",
             %method,
@@ -161,8 +173,9 @@ where
                     .await;
                 let caller_name: Arc<str> = match &admitted {
                     Ok(caller) => caller.label(),
-                    Err(_) => Arc::from("refused"),
+                    Err(_) => REFUSED.clone(),
                 };
+                let refused = admitted.is_err();
                 tracing::Span::current().record("caller", &*caller_name);
                 let mut response = match admitted {
                     Ok(caller) => {
@@ -184,11 +197,16 @@ where
                 let elapsed = started.elapsed();
                 let code = tonic::Code::from_i32(grpc_status);
                 metrics.record_rpc(uri.path(), caller_name, code, elapsed);
-                tracing::info!(
-                    grpc_code = ?code,
-                    elapsed_ms = elapsed.as_secs_f64() * 1000.0,
-                    "rpc finished"
-                );
+                if refused {
+                    // Counted in the metrics; at info, anyone could flood the log.
+                    tracing::debug!(grpc_code = ?code, "rpc refused");
+                } else {
+                    tracing::info!(
+                        grpc_code = ?code,
+                        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                        "rpc finished"
+                    );
+                }
                 Ok(response)
             }
             .instrument(span),

@@ -95,13 +95,26 @@ impl UserTokens {
     }
 
     /// A token for `user_id`, signed with the newest key, and its expiry.
+    ///
+    /// `iat` is in whole seconds, and a token is refused when issued no
+    /// later than the second of the last password change: a login within
+    /// that second waits for the next one, so its token is not refused.
     pub async fn issue(&self, user_id: UserId) -> anyhow::Result<(String, DateTime<Utc>)> {
         let loaded = self.keys(KEY_REFRESH).await;
         let newest = loaded
             .keys
             .first()
             .ok_or_else(|| anyhow::anyhow!("no token signing key"))?;
-        newest.key.issue(user_id.0, time::now(), self.ttl)
+        let changed = self.store.password_change_time(user_id).await?;
+        let mut now = time::now();
+        if let Some(changed) = changed
+            && now.timestamp() <= changed.timestamp()
+        {
+            let next_second = DateTime::from_timestamp(changed.timestamp() + 1, 0).unwrap_or(now);
+            tokio::time::sleep((next_second - now).to_std().unwrap_or_default()).await;
+            now = time::now();
+        }
+        newest.key.issue(user_id.0, now, self.ttl)
     }
 
     /// The public keys other services verify with: the newest, and each
@@ -134,7 +147,7 @@ impl UserTokens {
             .user_id()
             .ok_or(AuthError::UserToken("malformed sub"))?;
         match self.store.password_change_time(UserId(user_id)).await {
-            Ok(Some(changed)) if claims.iat < changed.timestamp() => Err(AuthError::UserToken(
+            Ok(Some(changed)) if claims.iat <= changed.timestamp() => Err(AuthError::UserToken(
                 "the password changed after it was issued",
             )),
             Ok(_) => Ok(user_id),

@@ -182,6 +182,11 @@ impl Policy {
         Self(rules)
     }
 
+    /// Whether this listener serves `path`.
+    pub fn knows(&self, path: &str) -> bool {
+        self.0.contains_key(path)
+    }
+
     /// The rule for a request path. Unknown paths admit any caller but the
     /// internal token (and then get UNIMPLEMENTED).
     pub fn access(&self, path: &str) -> Access {
