@@ -135,7 +135,7 @@ pub async fn serve_with_listener(
     host.accept_user_tokens(user_tokens.clone());
     let refresh = register_metrics(host.registry(), store.clone(), hasher.clone());
     let api = api::UserApi::new(
-        store,
+        store.clone(),
         hasher,
         domain::LoginThrottle::default(),
         throttle_keys,
@@ -145,6 +145,11 @@ pub async fn serve_with_listener(
     );
 
     let (stop_dispatcher, dispatcher_stopped) = watch::channel(false);
+    let sweeper = tokio::spawn(sweep_login_throttle(
+        store.clone(),
+        domain::LoginThrottle::default(),
+        dispatcher_stopped.clone(),
+    ));
     let dispatcher = tokio::spawn(cascade.run_dispatcher(dispatcher_stopped));
     let service = UserServiceServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -154,6 +159,7 @@ pub async fn serve_with_listener(
         .await;
 
     let _ = stop_dispatcher.send(true);
+    sweeper.abort();
     if tokio::time::timeout(config.common.shutdown_grace(), dispatcher)
         .await
         .is_err()
@@ -161,6 +167,38 @@ pub async fn serve_with_listener(
         tracing::warn!("purge dispatcher did not stop in time; its claimed jobs will be retried");
     }
     served
+}
+
+/// Throttle rows whose window is over limit nothing: removed every minute,
+/// a bounded batch per statement, so the table holds only the emails tried
+/// within the last window.
+async fn sweep_login_throttle(
+    store: Arc<dyn store::UserStore>,
+    throttle: domain::LoginThrottle,
+    mut stopped: watch::Receiver<bool>,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    const BATCH: u32 = 1_000;
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        let expired_before = heft_service::time::now() - throttle.window;
+        loop {
+            match store
+                .remove_expired_login_throttles(expired_before, BATCH)
+                .await
+            {
+                Ok(removed) if removed == u64::from(BATCH) => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(error = %heft_service::error::DisplayChain(&error), "cannot sweep the login throttle");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// heft-users' own series: the purge queue as the database has it (so every

@@ -275,6 +275,39 @@ async fn login_attempts_are_limited_atomically(db: TestDatabase) {
         attempt(key, after_window).await,
         LoginAttempt::Locked { .. }
     ));
+    // Rows whose window is over are removed in bounded batches.
+    assert_eq!(attempt(other, now).await, LoginAttempt::Allowed);
+    let over = after_window + throttle.window + chrono::Duration::seconds(1);
+    assert_eq!(
+        store
+            .remove_expired_login_throttles(over - throttle.window, 1)
+            .await
+            .expect("sweep"),
+        1,
+        "one row per batch of one"
+    );
+    assert_eq!(
+        store
+            .remove_expired_login_throttles(over - throttle.window, 100)
+            .await
+            .expect("sweep"),
+        1
+    );
+    assert_eq!(
+        store
+            .remove_expired_login_throttles(over - throttle.window, 100)
+            .await
+            .expect("sweep"),
+        0
+    );
+    assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
+    for _ in 1..10 {
+        assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
+    }
+    assert!(matches!(
+        attempt(key, after_window).await,
+        LoginAttempt::Locked { .. }
+    ));
     // An attempt whose password was never checked is given back: one more fits.
     store.refund_login_attempt(&key).await.expect("refund");
     assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);

@@ -314,6 +314,14 @@ pub trait UserStore: Send + Sync + 'static {
     /// gone): only a checked, wrong password counts.
     async fn refund_login_attempt(&self, key: &ThrottleKey) -> StoreResult<()>;
 
+    /// Removes up to `limit` throttle rows whose window started at or
+    /// before `expired_before` (they no longer limit anything); how many.
+    async fn remove_expired_login_throttles(
+        &self,
+        expired_before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64>;
+
     /// Deletes the user and records `job` in the purge outbox, in one
     /// transaction. The job is claimed by the caller for `lease`.
     ///

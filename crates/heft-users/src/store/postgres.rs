@@ -233,6 +233,22 @@ impl UserStore for PostgresUserStore {
         Ok(())
     }
 
+    async fn remove_expired_login_throttles(
+        &self,
+        expired_before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let removed = sqlx::query(
+            "DELETE FROM login_throttle WHERE ctid IN (
+                SELECT ctid FROM login_throttle WHERE window_start <= $1 LIMIT $2)",
+        )
+        .bind(expired_before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(removed.rows_affected())
+    }
+
     async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1")

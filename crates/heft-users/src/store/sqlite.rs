@@ -238,6 +238,22 @@ impl UserStore for SqliteUserStore {
         Ok(())
     }
 
+    async fn remove_expired_login_throttles(
+        &self,
+        expired_before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let removed = sqlx::query(
+            "DELETE FROM login_throttle WHERE rowid IN (
+                SELECT rowid FROM login_throttle WHERE window_start <= $1 LIMIT $2)",
+        )
+        .bind(Timestamp(expired_before))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(removed.rows_affected())
+    }
+
     async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()> {
         let now = time::now();
         // IMMEDIATE takes the write lock up front, so the transaction cannot
