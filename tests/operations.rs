@@ -138,3 +138,30 @@ async fn wait_for_health(process: &common::Process, wanted: i32) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `/metrics` takes a few connections at once, and one that sends no
+/// request is closed after its header deadline: idle clients cannot hold it.
+#[tokio::test]
+async fn idle_metrics_connections_cannot_hold_the_listener() {
+    let stack = Stack::new(TestDatabase::sqlite()).await;
+    let (users, _entries) = stack.start().await;
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(
+            tokio::net::TcpStream::connect(users.spec.metrics)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Give the listener time to take all eight.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        users.try_scrape().await,
+        "",
+        "a ninth connection is closed unanswered"
+    );
+    // Past the 5 s header deadline the idle ones are gone.
+    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
+    users.scrape().await;
+    drop(idle);
+}

@@ -194,6 +194,25 @@ fn methods_of(services: &[&str]) -> HashSet<Arc<str>> {
 /// Reads the gauges that come from shared state, just before a scrape.
 pub type Refresh = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// `refresh`, run at most once per `interval` however many scrapes arrive:
+/// a scrape within the interval of the last refresh (or waiting for one in
+/// progress) serves the figures as they are. Series read from the database
+/// so cost it at most one query per interval.
+pub fn at_most_every(interval: Duration, refresh: Refresh) -> Refresh {
+    let last: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>> = Arc::default();
+    Arc::new(move || {
+        let (last, refresh) = (last.clone(), refresh.clone());
+        Box::pin(async move {
+            let mut last = last.lock().await;
+            if last.is_some_and(|at| at.elapsed() < interval) {
+                return;
+            }
+            refresh().await;
+            *last = Some(tokio::time::Instant::now());
+        })
+    })
+}
+
 /// Binds the metrics address; an empty one turns metrics off.
 pub async fn bind(address: &str) -> anyhow::Result<Option<TcpListener>> {
     if address.trim().is_empty() {
@@ -229,14 +248,71 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Unauthenticated and often on a wider network than the API: a few
+    // connections at once, each with a deadline for its headers and for
+    // its whole life, so that slow or idle clients cannot pile up.
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "metrics: accept failed");
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the limit: closed at once rather than queued.
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, connection).await;
+        });
+    }
 }
+
+/// Scrapes served at once; more connections are closed on arrival.
+const MAX_METRICS_CONNECTIONS: usize = 8;
+/// A scraper must send its request headers within this.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No metrics connection lives longer than this.
+const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn concurrent_scrapes_share_one_refresh_per_interval() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted: Refresh = {
+            let runs = runs.clone();
+            Arc::new(move || {
+                let runs = runs.clone();
+                Box::pin(async move {
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    // A query takes a while: the other scrapes arrive meanwhile.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                })
+            })
+        };
+        let refresh = at_most_every(Duration::from_millis(300), counted);
+        futures::future::join_all((0..20).map(|_| refresh())).await;
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        futures::future::join_all((0..20).map(|_| refresh())).await;
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn rpc_series_are_labelled_by_known_method_and_code() {

@@ -33,6 +33,9 @@ pub mod password;
 pub mod store;
 pub mod tokens;
 
+/// How often a scrape may read the purge queue from the database.
+const METRICS_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The service name health checks and reflection know it by.
 pub const SERVICE_NAME: &str = "heft.users.v1.UserService";
 
@@ -134,6 +137,8 @@ pub async fn serve_with_listener(
     let user_tokens = tokens::UserTokens::open(store.clone(), &config.tokens).await?;
     host.accept_user_tokens(user_tokens.clone());
     let refresh = register_metrics(host.registry(), store.clone(), hasher.clone());
+    // The purge queue is read from the database: at most once per interval.
+    let refresh = metrics::at_most_every(METRICS_REFRESH, refresh);
     let api = api::UserApi::new(
         store.clone(),
         hasher,
