@@ -154,14 +154,14 @@ async fn idle_metrics_connections_cannot_hold_the_listener() {
         );
     }
     // Give the listener time to take all eight.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         users.try_scrape().await,
         "",
         "a ninth connection is closed unanswered"
     );
     // Past the 5 s header deadline the idle ones are gone.
-    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     users.scrape().await;
     drop(idle);
 }
