@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use heft_proto::users::v1::{ListTokenKeysRequest, user_service_client::UserServiceClient};
 use heft_service::{
     auth::{AuthError, UserTokenVerifier},
-    user_token::{self, TokenPublicKey, UNKNOWN_KID},
+    user_token::{TokenPublicKey, UNKNOWN_KID, VerifiedTokens},
 };
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -27,7 +27,15 @@ pub struct TokenKeys {
     store: Arc<dyn EntryStore>,
     keys: RwLock<Arc<HashMap<String, TokenPublicKey>>>,
     last_fetch: Mutex<Option<Instant>>,
+    verified: VerifiedTokens,
+    /// Users found not purged, and when: re-read after [`ALIVE_FOR`].
+    alive: Mutex<HashMap<Uuid, Instant>>,
 }
+
+/// How long "this user is not purged" is trusted: a deleted user's token is
+/// refused at most this long after the purge's tombstone.
+const ALIVE_FOR: Duration = Duration::from_secs(1);
+const ALIVE_CAPACITY: usize = 10_000;
 
 impl TokenKeys {
     pub fn new(users: Channel, store: Arc<dyn EntryStore>) -> Arc<Self> {
@@ -36,6 +44,8 @@ impl TokenKeys {
             store,
             keys: RwLock::default(),
             last_fetch: Mutex::new(None),
+            verified: VerifiedTokens::default(),
+            alive: Mutex::default(),
         })
     }
 
@@ -83,24 +93,46 @@ impl TokenKeys {
     }
 
     async fn check(&self, token: &str) -> Result<Uuid, AuthError> {
-        let mut claims = user_token::verify(token, &self.current());
-        if claims == Err(UNKNOWN_KID) && self.fetch().await {
-            claims = user_token::verify(token, &self.current());
+        let mut verified = self.verified.verify(token, &self.current());
+        if verified == Err(UNKNOWN_KID) && self.fetch().await {
+            verified = self.verified.verify(token, &self.current());
         }
-        let claims = claims.map_err(AuthError::UserToken)?;
-        let user_id = claims
-            .user_id()
-            .ok_or(AuthError::UserToken("malformed sub"))?;
+        let user_id = verified.map_err(AuthError::UserToken)?.user_id;
+        if self.known_alive(user_id) {
+            return Ok(user_id);
+        }
         // A deleted user's tokens end with the deletion: the purge's
         // tombstone says so here, even while the users service is down.
         match self.store.is_purged(UserId(user_id)).await {
-            Ok(false) => Ok(user_id),
+            Ok(false) => {
+                self.remember_alive(user_id);
+                Ok(user_id)
+            }
             Ok(true) => Err(AuthError::UserToken("the user is deleted")),
             Err(error) => {
                 tracing::warn!(error = %heft_service::error::DisplayChain(&error), "cannot check a user token");
                 Err(AuthError::Unavailable)
             }
         }
+    }
+
+    fn known_alive(&self, user_id: Uuid) -> bool {
+        self.alive
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&user_id)
+            .is_some_and(|at| at.elapsed() < ALIVE_FOR)
+    }
+
+    fn remember_alive(&self, user_id: Uuid) {
+        let mut alive = self
+            .alive
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if alive.len() >= ALIVE_CAPACITY {
+            alive.retain(|_, at| at.elapsed() < ALIVE_FOR);
+        }
+        alive.insert(user_id, Instant::now());
     }
 }
 

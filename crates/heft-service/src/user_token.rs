@@ -178,6 +178,59 @@ pub fn verify(token: &str, keys: &HashMap<String, TokenPublicKey>) -> Result<Cla
     Ok(data.claims)
 }
 
+/// A token that verified: whose it is and when it was issued and expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub user_id: Uuid,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// Tokens already verified, so that a client calling with the same token
+/// pays for its signature once, not on every call. A hit is re-checked for
+/// expiry only; the cache is bounded (cleared whole when full).
+#[derive(Debug, Default)]
+pub struct VerifiedTokens(std::sync::Mutex<HashMap<String, Verified>>);
+
+const VERIFIED_CAPACITY: usize = 10_000;
+
+impl VerifiedTokens {
+    pub fn verify(
+        &self,
+        token: &str,
+        keys: &HashMap<String, TokenPublicKey>,
+    ) -> Result<Verified, Refusal> {
+        let now = Utc::now().timestamp();
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(verified) = seen.get(token) {
+            if verified.exp + LEEWAY_SECS as i64 > now {
+                return Ok(*verified);
+            }
+            seen.remove(token);
+            return Err("expired");
+        }
+        drop(seen);
+        let claims = verify(token, keys)?;
+        let verified = Verified {
+            user_id: claims.user_id().ok_or("malformed sub")?,
+            iat: claims.iat,
+            exp: claims.exp,
+        };
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.len() >= VERIFIED_CAPACITY {
+            seen.clear();
+        }
+        seen.insert(token.to_owned(), verified);
+        Ok(verified)
+    }
+}
+
 /// What [`verify`] answers for a `kid` it has no key for (the entries
 /// service then fetches the keys again).
 pub const UNKNOWN_KID: Refusal = "unknown key id";

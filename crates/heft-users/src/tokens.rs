@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use heft_service::{
     auth::{AuthError, UserTokenVerifier},
     time,
-    user_token::{self, LEEWAY_SECS, TokenPublicKey, TokenSigningKey, UNKNOWN_KID},
+    user_token::{LEEWAY_SECS, TokenPublicKey, TokenSigningKey, UNKNOWN_KID, VerifiedTokens},
 };
 use uuid::Uuid;
 
@@ -44,6 +44,7 @@ pub struct UserTokens {
     store: Arc<dyn UserStore>,
     ttl: Duration,
     loaded: RwLock<Arc<Loaded>>,
+    verified: VerifiedTokens,
 }
 
 impl UserTokens {
@@ -60,6 +61,7 @@ impl UserTokens {
             store,
             ttl: Duration::from_secs(args.user_token_ttl_secs.max(1)),
             loaded: RwLock::new(Arc::new(loaded(keys))),
+            verified: VerifiedTokens::default(),
         }))
     }
 
@@ -137,15 +139,17 @@ impl UserTokens {
     }
 
     async fn check(&self, token: &str) -> Result<Uuid, AuthError> {
-        let mut claims = user_token::verify(token, &self.keys(KEY_REFRESH).await.public);
-        if claims == Err(UNKNOWN_KID) {
+        let mut verified = self
+            .verified
+            .verify(token, &self.keys(KEY_REFRESH).await.public);
+        if verified == Err(UNKNOWN_KID) {
             // Perhaps a key made a moment ago by another replica.
-            claims = user_token::verify(token, &self.keys(Duration::from_secs(1)).await.public);
+            verified = self
+                .verified
+                .verify(token, &self.keys(Duration::from_secs(1)).await.public);
         }
-        let claims = claims.map_err(AuthError::UserToken)?;
-        let user_id = claims
-            .user_id()
-            .ok_or(AuthError::UserToken("malformed sub"))?;
+        let claims = verified.map_err(AuthError::UserToken)?;
+        let user_id = claims.user_id;
         match self.store.password_change_time(UserId(user_id)).await {
             Ok(Some(changed)) if claims.iat <= changed.timestamp() => Err(AuthError::UserToken(
                 "the password changed after it was issued",
