@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use heft_proto::users::v1::{ListTokenKeysRequest, user_service_client::UserServiceClient};
 use heft_service::{
     auth::{AuthError, UserTokenVerifier},
+    recent::Recent,
     user_token::{TokenPublicKey, UNKNOWN_KID, VerifiedTokens},
 };
 use tonic::transport::Channel;
@@ -28,8 +29,8 @@ pub struct TokenKeys {
     keys: RwLock<Arc<HashMap<String, TokenPublicKey>>>,
     last_fetch: Mutex<Option<Instant>>,
     verified: VerifiedTokens,
-    /// Users found not purged, and when: re-read after [`ALIVE_FOR`].
-    alive: Mutex<HashMap<Uuid, Instant>>,
+    /// Users found not purged lately: re-read after [`ALIVE_FOR`].
+    alive: Recent<Uuid>,
 }
 
 /// How long "this user is not purged" is trusted: a deleted user's token is
@@ -45,7 +46,7 @@ impl TokenKeys {
             keys: RwLock::default(),
             last_fetch: Mutex::new(None),
             verified: VerifiedTokens::default(),
-            alive: Mutex::default(),
+            alive: Recent::new(ALIVE_FOR, ALIVE_CAPACITY),
         })
     }
 
@@ -98,14 +99,14 @@ impl TokenKeys {
             verified = self.verified.verify(token, &self.current());
         }
         let user_id = verified.map_err(AuthError::UserToken)?.user_id;
-        if self.known_alive(user_id) {
+        if self.alive.contains(&user_id) {
             return Ok(user_id);
         }
         // A deleted user's tokens end with the deletion: the purge's
         // tombstone says so here, even while the users service is down.
         match self.store.is_purged(UserId(user_id)).await {
             Ok(false) => {
-                self.remember_alive(user_id);
+                self.alive.insert(user_id);
                 Ok(user_id)
             }
             Ok(true) => Err(AuthError::UserToken("the user is deleted")),
@@ -114,25 +115,6 @@ impl TokenKeys {
                 Err(AuthError::Unavailable)
             }
         }
-    }
-
-    fn known_alive(&self, user_id: Uuid) -> bool {
-        self.alive
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&user_id)
-            .is_some_and(|at| at.elapsed() < ALIVE_FOR)
-    }
-
-    fn remember_alive(&self, user_id: Uuid) {
-        let mut alive = self
-            .alive
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if alive.len() >= ALIVE_CAPACITY {
-            alive.retain(|_, at| at.elapsed() < ALIVE_FOR);
-        }
-        alive.insert(user_id, Instant::now());
     }
 }
 

@@ -3,11 +3,7 @@
 //! Positive answers are cached briefly: a user deleted meanwhile is caught
 //! by the tombstone its purge leaves, so the cache cannot let an orphan in.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use heft_proto::users::v1::{GetUserRequest, user_service_client::UserServiceClient};
 use heft_service::{
@@ -15,6 +11,7 @@ use heft_service::{
     client::InternalCredentials,
     error::{Layer, LayeredError},
     peer::{self, PeerAnswer},
+    recent::Recent,
 };
 use tonic::transport::Channel;
 
@@ -53,7 +50,8 @@ heft_service::into_status!(UsersError);
 pub struct UsersClient {
     client: UserServiceClient<Channel>,
     credentials: InternalCredentials,
-    known: Mutex<HashMap<UserId, Instant>>,
+    /// Users the users service confirmed lately.
+    known: Recent<UserId>,
 }
 
 impl UsersClient {
@@ -61,40 +59,13 @@ impl UsersClient {
         Self {
             client: UserServiceClient::new(channel),
             credentials,
-            known: Mutex::new(HashMap::new()),
+            known: Recent::new(CACHE_TTL, CACHE_CAPACITY),
         }
-    }
-
-    fn cached(&self, user_id: UserId) -> bool {
-        let known = self
-            .known
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        known
-            .get(&user_id)
-            .is_some_and(|seen| seen.elapsed() < CACHE_TTL)
-    }
-
-    fn remember(&self, user_id: UserId) {
-        let mut known = self
-            .known
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if known.len() >= CACHE_CAPACITY {
-            known.retain(|_, seen| seen.elapsed() < CACHE_TTL);
-            if known.len() >= CACHE_CAPACITY {
-                known.clear();
-            }
-        }
-        known.insert(user_id, Instant::now());
     }
 
     /// Drops what the cache knows of a user (who is being purged).
     pub fn forget(&self, user_id: UserId) {
-        self.known
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&user_id);
+        self.known.remove(&user_id);
     }
 
     pub async fn ensure_exists(
@@ -102,11 +73,11 @@ impl UsersClient {
         user_id: UserId,
         request_id: Option<&RequestId>,
     ) -> Result<(), UsersError> {
-        if self.cached(user_id) {
+        if self.known.contains(&user_id) {
             return Ok(());
         }
         self.lookup(user_id, request_id).await?;
-        self.remember(user_id);
+        self.known.insert(user_id);
         Ok(())
     }
 

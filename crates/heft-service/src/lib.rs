@@ -14,6 +14,7 @@ pub mod keyed;
 pub mod metrics;
 pub mod pagination;
 pub mod peer;
+pub mod recent;
 pub mod rpc_layer;
 pub mod telemetry;
 pub mod time;
