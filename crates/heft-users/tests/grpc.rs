@@ -964,3 +964,58 @@ async fn open_store(db: &TestDatabase) -> std::sync::Arc<dyn heft_users::store::
         .expect("open database");
     heft_users::store::on(&database)
 }
+
+/// `keys rotate`: the new key signs from the next load on, and the old one
+/// stays published (its tokens have not expired).
+#[tokio::test]
+async fn a_rotated_key_signs_and_the_old_one_stays_published() {
+    let db = TestDatabase::sqlite();
+    let store = open_store(&db).await;
+    let args = heft_users::tokens::TokenArgs {
+        user_token_ttl_secs: 900,
+    };
+    let before = heft_users::tokens::UserTokens::open(store.clone(), &args)
+        .await
+        .expect("tokens");
+    let old = before.published().await;
+    assert_eq!(old.len(), 1, "the first key is made at first start");
+
+    let kid = heft_users::tokens::rotate(store.as_ref())
+        .await
+        .expect("rotate");
+    let after = heft_users::tokens::UserTokens::open(store, &args)
+        .await
+        .expect("tokens");
+    let published: Vec<String> = after.published().await.into_iter().map(|k| k.kid).collect();
+    assert_eq!(
+        published,
+        [kid.clone(), old[0].kid.clone()],
+        "newest first, the old one kept"
+    );
+    let now = heft_service::time::now();
+    let user = heft_users::domain::User {
+        id: heft_users::domain::UserId::generate(),
+        email: heft_users::domain::Email::parse("keys@example.com").expect("email"),
+        name: heft_users::domain::UserName::parse("Keys").expect("name"),
+        weight_unit: heft_users::domain::WeightUnit::Kilograms,
+        create_time: now,
+        update_time: now,
+    };
+    let id = user.id;
+    open_store(&db)
+        .await
+        .create_user(&heft_users::domain::Credentials {
+            user,
+            password_hash: "$argon2id$unused".to_owned(),
+        })
+        .await
+        .expect("create");
+    let (token, _) = after.issue(id).await.expect("issue");
+    let header = token.split('.').next().expect("header");
+    let header = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+            .expect("base64"),
+    )
+    .expect("utf8");
+    assert!(header.contains(&kid), "signed with the new key: {header}");
+}
