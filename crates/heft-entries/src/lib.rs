@@ -12,9 +12,8 @@ use heft_service::{
     auth::CredentialsCommand,
     client::{self, InternalCredentials},
     config::{CommonArgs, DatabaseUrl},
-    db::Database,
     host::{self, Host},
-    pagination::{PageTokens, generate_key},
+    pagination::PageTokens,
 };
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -91,11 +90,13 @@ pub async fn serve_with_listener(
         &config.common,
         &config.metrics_listen,
         listener,
+        config.database_url.expose(),
+        &store::MIGRATIONS,
     )
     .await?;
-    let database = Database::open(config.database_url.expose(), &store::MIGRATIONS).await?;
-    let store = store::on(&database);
-    let page_tokens = PageTokens::new(database.signing_key("page_token", &generate_key()).await?);
+    let database = host.database();
+    let store = store::on(database);
+    let page_tokens = PageTokens::new(database.shared_key("page_token").await?);
     let users_channel = users_channel(&config)?;
     let token_keys = token_keys::TokenKeys::new(users_channel.clone(), store.clone());
     // Not awaited: the users service need not be up for this one to start.
@@ -111,8 +112,7 @@ pub async fn serve_with_listener(
     let service = EntryServiceServer::new(api)
         .max_decoding_message_size(MAX_BATCH_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_BATCH_MESSAGE_BYTES);
-    host.serve(service, api::METHODS, database, None, shutdown)
-        .await
+    host.serve(service, api::METHODS, None, shutdown).await
 }
 
 /// The client this service asks whether users exist.

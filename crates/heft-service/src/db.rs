@@ -94,6 +94,12 @@ impl Database {
         on_either_pool!(self, pool => (pool.size(), pool.num_idle()))
     }
 
+    /// [`Database::signing_key`] with a fresh random candidate.
+    pub async fn shared_key(&self, name: &str) -> Result<Vec<u8>, DbError> {
+        self.signing_key(name, &crate::pagination::generate_key())
+            .await
+    }
+
     /// The key `name` shared by every replica on this database (page tokens,
     /// the login throttle), created from `candidate` by the first replica
     /// that asks.

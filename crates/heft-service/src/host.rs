@@ -25,7 +25,7 @@ use tower::{
 use crate::{
     auth::{Access, LiveTokens, Policy, UserTokenVerifier},
     config::CommonArgs,
-    db::Database,
+    db::{Database, Migrations},
     metrics::{self, Metrics, Refresh},
     rpc_layer::{Gate, RpcLayer},
 };
@@ -54,10 +54,11 @@ const MAX_REQUEST_DURATION: Duration = Duration::from_secs(30);
 const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A service's place to run, prepared before anything of the service is
-/// opened: a listener that passed the exposure check, and its metrics.
+/// A service's place to run: a listener that passed the exposure check, its
+/// metrics, and its open, migrated database.
 pub struct Host {
     service_name: &'static str,
+    database: Database,
     common: CommonArgs,
     tokens: LiveTokens,
     user_tokens: Option<Arc<dyn UserTokenVerifier>>,
@@ -68,12 +69,15 @@ pub struct Host {
 
 impl Host {
     /// Checks the tokens, and that `listener` is not exposed without them,
-    /// and binds the metrics address (empty: no metrics).
+    /// binds the metrics address (empty: no metrics), and opens and
+    /// migrates the database at `database_url`.
     pub async fn new(
         service_name: &'static str,
         common: &CommonArgs,
         metrics_listen: &str,
         listener: TcpListener,
+        database_url: &str,
+        migrations: &Migrations,
     ) -> anyhow::Result<Self> {
         let tokens = common.tokens()?;
         common.check_exposure(&tokens, listener.local_addr()?)?;
@@ -83,15 +87,22 @@ impl Host {
                  set HEFT_API_TOKENS and HEFT_INTERNAL_TOKEN outside development"
             );
         }
+        let metrics_listener = metrics::bind(metrics_listen).await?;
         Ok(Self {
             service_name,
+            database: Database::open(database_url, migrations).await?,
             common: common.clone(),
             tokens: LiveTokens::new(tokens),
             user_tokens: None,
             listener,
-            metrics_listener: metrics::bind(metrics_listen).await?,
+            metrics_listener,
             metrics: Metrics::new(service_name),
         })
+    }
+
+    /// The service's database, for its store and keys.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     /// Accept user tokens (`Authenticate`'s `access_token`), checked by `verifier`.
@@ -115,7 +126,6 @@ impl Host {
         self,
         service: S,
         methods: &[(&str, Access)],
-        database: Database,
         refresh: Option<Refresh>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()>
@@ -130,6 +140,7 @@ impl Host {
     {
         let Host {
             service_name,
+            database,
             common,
             tokens,
             user_tokens,

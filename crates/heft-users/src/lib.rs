@@ -18,7 +18,7 @@ use heft_service::{
     host::{self, Host},
     keyed::KeyedHash,
     metrics::{self, FloatGauge, StateLabels},
-    pagination::{PageTokens, generate_key},
+    pagination::PageTokens,
 };
 use prometheus_client::{
     metrics::{family::Family, gauge::Gauge},
@@ -116,16 +116,14 @@ pub async fn serve_with_listener(
         &config.common,
         &config.metrics_listen,
         listener,
+        config.database_url.expose(),
+        &store::MIGRATIONS,
     )
     .await?;
-    let database = Database::open(config.database_url.expose(), &store::MIGRATIONS).await?;
-    let store = store::on(&database);
-    let page_tokens = PageTokens::new(database.signing_key("page_token", &generate_key()).await?);
-    let throttle_keys = KeyedHash::new(
-        database
-            .signing_key("login_throttle", &generate_key())
-            .await?,
-    );
+    let database = host.database();
+    let store = store::on(database);
+    let page_tokens = PageTokens::new(database.shared_key("page_token").await?);
+    let throttle_keys = KeyedHash::new(database.shared_key("login_throttle").await?);
     let hasher = password::PasswordHasher::new(&config.hashing)?;
     let entries = client::to_peer(&config.common, "HEFT_ENTRIES_URL", &config.entries_url)?;
     let cascade = Arc::new(cascade::Cascade::new(
@@ -160,7 +158,7 @@ pub async fn serve_with_listener(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let served = host
-        .serve(service, api::METHODS, database, Some(refresh), shutdown)
+        .serve(service, api::METHODS, Some(refresh), shutdown)
         .await;
 
     let _ = stop_dispatcher.send(true);
