@@ -616,3 +616,101 @@ async fn reflection_serves_exactly_this_port() {
     heft_test_support::assert_reflection_serves_exactly(&entries.url(), heft_entries::SERVICE_NAME)
         .await;
 }
+
+/// A user with 1,000,000 entries on PostgreSQL: summaries read them in
+/// keyset pages (no connection held for the whole summary), at most two at
+/// once, and are correct; GetEntry keeps answering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "PostgreSQL: set HEFT_TEST_POSTGRES_URL, run with -- --include-ignored"]
+async fn a_summary_over_a_million_entries_is_bounded() {
+    const ENTRIES: i64 = 1_000_000;
+    let stack = Stack::new(TestDatabase::postgres().await)
+        .await
+        .without_tokens();
+    let (_users, _entries) = stack.spawn().await;
+    let mut client = entries_client(&stack).await;
+    let user = stack.clients().create_user().await;
+    let probe = client
+        .create_entry(create(&user, 80.0, KG, 1))
+        .await
+        .expect("create")
+        .into_inner()
+        .id;
+
+    let pool = sqlx::PgPool::connect(&stack.entries_db.url)
+        .await
+        .expect("connect");
+    let user_id = uuid::Uuid::parse_str(&user).expect("uuid");
+    sqlx::query(
+        "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
+         SELECT gen_random_uuid(), $1, 50 + (g % 600) / 10.0, 1, date '1900-01-01' + (g / 20)::int,
+                '', now(), now()
+         FROM generate_series(1, $2) AS g",
+    )
+    .bind(user_id)
+    .bind(ENTRIES)
+    .execute(&pool)
+    .await
+    .expect("seed");
+    let values: Vec<f64> = sqlx::query_scalar(
+        "SELECT value FROM entries WHERE user_id = $1 ORDER BY recorded_on, create_time, id",
+    )
+    .bind(user_id)
+    .fetch_all(&pool)
+    .await
+    .expect("values");
+    let count = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / count;
+    let trend = values
+        .iter()
+        .skip(1)
+        .fold(values[0], |trend, value| trend + 0.1 * (value - trend));
+
+    let started = std::time::Instant::now();
+    let summaries = (0..4).map(|_| {
+        let mut client = client.clone();
+        let user = user.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let mut request = tonic::Request::new(pb::SummarizeEntriesRequest {
+                user_id: user,
+                ..Default::default()
+            });
+            request.set_timeout(std::time::Duration::from_secs(30));
+            let summary = client.summarize_entries(request).await;
+            (summary, started.elapsed())
+        }
+    });
+    let gets = async {
+        let mut slowest = std::time::Duration::ZERO;
+        let mut answered = 0;
+        while started.elapsed() < std::time::Duration::from_secs(2) {
+            let sent = std::time::Instant::now();
+            client
+                .clone()
+                .get_entry(pb::GetEntryRequest {
+                    id: probe.clone(),
+                    unit: 0,
+                })
+                .await
+                .expect("GetEntry answers during the summaries");
+            slowest = slowest.max(sent.elapsed());
+            answered += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        (answered, slowest)
+    };
+    let (summaries, (answered, slowest)) = tokio::join!(futures::future::join_all(summaries), gets);
+    eprintln!("GetEntry during the summaries: {answered} answered, slowest {slowest:?}");
+    for (summary, elapsed) in summaries {
+        let summary = summary.expect("summary within the deadline").into_inner();
+        eprintln!("summary of {} entries in {elapsed:?}", summary.count);
+        assert_eq!(summary.count, ENTRIES + 1);
+        let kg = |w: Option<Weight>| w.expect("weight").value;
+        assert_eq!(kg(summary.min), 50.0);
+        assert_eq!(kg(summary.max), 109.9);
+        assert!((kg(summary.mean) - mean).abs() < 1e-6, "mean");
+        assert!((kg(summary.trend) - trend).abs() < 1e-6, "trend");
+        assert_eq!(summary.first.expect("first").recorded_on, date(1900, 1, 1));
+    }
+}

@@ -9,8 +9,15 @@ use std::future::Future;
 
 use bytes::{Buf, BufMut};
 use common::{Process, Stack, authorized};
+use heft_proto::{
+    codec::{MAX_BATCH_ENTRIES, MAX_BATCH_MESSAGE_BYTES},
+    common::v1::{Weight, WeightUnit},
+    entries::v1::{self as entries_pb, entry_service_client::EntryServiceClient},
+    google::r#type::Date,
+};
 use heft_test_support::TestDatabase;
 use http::uri::PathAndQuery;
+use prost::Message;
 use tonic::{
     Code, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -140,9 +147,17 @@ async fn hostile_messages_are_refused_with_bounded_memory() {
         call_raw(&users, "/heft.users.v1.UserService/UpdateUser", update),
     )
     .await;
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // Over UpdateUser's limit: refused from the length prefix.
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().len() < 1_000, "not echoed back");
     assert_bounded("UpdateUser mask of 1.9M paths", growth, size);
+
+    // The same mask within UpdateUser's limit is counted on the wire.
+    let mut update = Vec::new();
+    field(&mut update, 1, &user_message);
+    field(&mut update, 2, &empty_fields(1, 1_000));
+    let status = call_raw(&users, "/heft.users.v1.UserService/UpdateUser", update).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
     // BatchCreateEntries holding 8 million empty entries (16 MB).
     let mut batch = Vec::new();
@@ -184,7 +199,7 @@ async fn hostile_messages_are_refused_with_bounded_memory() {
         listed[100]
     );
 
-    // Every other method stays at 4 MiB on the entries service.
+    // Every other method has a limit of a few KiB.
     let mut oversized = Vec::new();
     field(&mut oversized, 1, user.as_bytes());
     field(&mut oversized, 4, &vec![b'x'; 5 * 1024 * 1024]);
@@ -200,6 +215,113 @@ async fn hostile_messages_are_refused_with_bounded_memory() {
     assert!(clients.get_user(&user).await.is_ok());
     assert_eq!(clients.count_entries(&user).await, 0);
     drop((users, entries));
+}
+
+/// A raw CreateEntry request for `user` whose note is `note_bytes` long.
+fn create_entry_with_note(user: &str, note_bytes: usize) -> Vec<u8> {
+    let mut message = Vec::new();
+    field(&mut message, 1, user.as_bytes());
+    field(&mut message, 4, &vec![b'x'; note_bytes]);
+    message
+}
+
+/// A full-size BatchCreateEntries: the most entries, each with a 480-character note.
+fn full_batch(user_id: &str) -> entries_pb::BatchCreateEntriesRequest {
+    let note = "n".repeat(480);
+    entries_pb::BatchCreateEntriesRequest {
+        user_id: user_id.to_owned(),
+        entries: (0..MAX_BATCH_ENTRIES)
+            .map(|i| entries_pb::NewEntry {
+                weight: Some(Weight {
+                    value: 70.0,
+                    unit: WeightUnit::Kilograms as i32,
+                }),
+                recorded_on: Some(Date {
+                    year: 1990 + (i / 300) as i32,
+                    month: 1 + (i % 12) as i32,
+                    day: 1 + (i % 28) as i32,
+                }),
+                note: note.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Many oversized or large calls at once: memory is bounded across calls,
+/// not only per call. Oversized calls are refused from their length prefix
+/// before their bodies are read; full batches take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_large_calls_hold_bounded_memory() {
+    const MIB: u64 = 1024;
+    let stack = Stack::new(TestDatabase::sqlite()).await;
+    let (_users, entries) = stack.start().await;
+    let mut clients = stack.clients();
+    let user = clients.create_user().await;
+
+    // 96 CreateEntry calls of 10 MiB each, over CreateEntry's few KiB.
+    let calls = (0..96).map(|_| {
+        call_raw(
+            &entries,
+            "/heft.entries.v1.EntryService/CreateEntry",
+            create_entry_with_note(&user, 10 * 1024 * 1024),
+        )
+    });
+    for status in futures::future::join_all(calls).await {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let info = status.get_details_error_info().expect("error info");
+        assert_eq!(info.reason, "MESSAGE_TOO_LARGE");
+    }
+    let peak = entries.memory_kib("VmHWM");
+    eprintln!(
+        "96 concurrent 10 MiB CreateEntry: peak RSS {} MiB",
+        peak / MIB
+    );
+    assert!(peak < 150 * MIB, "peak RSS {} MiB", peak / MIB);
+
+    // 64 full-size batches at once, for a user that does not exist.
+    let batch = full_batch(&uuid::Uuid::new_v4().to_string()).encode_to_vec();
+    let calls = (0..64).map(|_| {
+        call_raw(
+            &entries,
+            "/heft.entries.v1.EntryService/BatchCreateEntries",
+            batch.clone(),
+        )
+    });
+    let mut busy = 0;
+    for status in futures::future::join_all(calls).await {
+        match status.code() {
+            Code::NotFound | Code::FailedPrecondition => {}
+            Code::ResourceExhausted => {
+                assert!(status.get_details_retry_info().is_some(), "{status:?}");
+                busy += 1;
+            }
+            _ => panic!("{status:?}"),
+        }
+    }
+    let peak = entries.memory_kib("VmHWM");
+    eprintln!(
+        "64 concurrent full batches ({} bytes each, {busy} asked to retry): peak RSS {} MiB",
+        batch.len(),
+        peak / MIB
+    );
+    assert!(peak < 250 * MIB, "peak RSS {} MiB", peak / MIB);
+
+    // A full legitimate batch still works.
+    let mut client = EntryServiceClient::new(
+        Channel::from_shared(format!("http://{}", entries.spec.listen))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect"),
+    )
+    .max_decoding_message_size(MAX_BATCH_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_BATCH_MESSAGE_BYTES);
+    let created = client
+        .batch_create_entries(authorized(full_batch(&user)))
+        .await
+        .expect("a full batch")
+        .into_inner();
+    assert_eq!(created.entries.len(), MAX_BATCH_ENTRIES);
 }
 
 /// 200 calls without a token to an unknown 8 KB path: the path is never

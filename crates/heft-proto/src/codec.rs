@@ -23,7 +23,8 @@ use tonic::{
 
 use crate::{entries::v1 as entries, status::ErrorStatus, users::v1 as users};
 
-/// Largest request or response of any method but BatchCreateEntries.
+/// Largest response of any method but BatchCreateEntries, and what a
+/// service's transport admits.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest BatchCreateEntries request or response: 10,000 entries with
 /// 500-character notes of up to 4 bytes per character (~21 MB) fit. Also
@@ -89,17 +90,21 @@ macro_rules! default_limits {
     };
 }
 
+/// Requests: the largest valid request of each method, rounded up to a
+/// power of two (docs/contract.md, "Message limits", derives each).
+macro_rules! request_limits {
+    ($($message:ty = $bytes:expr),* $(,)?) => {
+        $(impl WireLimits for $message {
+            const MAX_BYTES: usize = $bytes;
+        })*
+    };
+}
+
+const KIB: usize = 1024;
+
+// Responses: the clients' limit (a list page, a summary).
 default_limits!(
     (),
-    users::CreateUserRequest,
-    users::GetUserRequest,
-    users::ListUsersRequest,
-    users::ChangePasswordRequest,
-    users::AuthenticateRequest,
-    users::DeleteUserRequest,
-    users::GetPurgeJobRequest,
-    users::ListPurgeJobsRequest,
-    users::ListTokenKeysRequest,
     users::ListTokenKeysResponse,
     users::User,
     users::ListUsersResponse,
@@ -107,25 +112,41 @@ default_limits!(
     users::DeleteUserResponse,
     users::PurgeJob,
     users::ListPurgeJobsResponse,
-    entries::CreateEntryRequest,
-    entries::GetEntryRequest,
-    entries::ListEntriesRequest,
-    entries::DeleteEntryRequest,
-    entries::SummarizeEntriesRequest,
-    entries::PurgeUserEntriesRequest,
     entries::Entry,
     entries::ListEntriesResponse,
     entries::SummarizeEntriesResponse,
     entries::PurgeUserEntriesResponse,
 );
 
+request_limits!(
+    users::CreateUserRequest = 8 * KIB,
+    users::GetUserRequest = KIB,
+    users::ListUsersRequest = 2 * KIB,
+    users::ChangePasswordRequest = 16 * KIB,
+    users::AuthenticateRequest = 8 * KIB,
+    users::DeleteUserRequest = KIB,
+    users::GetPurgeJobRequest = KIB,
+    users::ListPurgeJobsRequest = 2 * KIB,
+    users::ListTokenKeysRequest = KIB,
+    entries::CreateEntryRequest = 4 * KIB,
+    entries::GetEntryRequest = KIB,
+    entries::ListEntriesRequest = 2 * KIB,
+    entries::DeleteEntryRequest = KIB,
+    entries::SummarizeEntriesRequest = KIB,
+    entries::PurgeUserEntriesRequest = KIB,
+);
+
 impl WireLimits for users::UpdateUserRequest {
+    const MAX_BYTES: usize = 4 * KIB;
+
     fn check_wire(bytes: &[u8]) -> Result<(), WireViolation> {
         check_update_mask(bytes, 2)
     }
 }
 
 impl WireLimits for entries::UpdateEntryRequest {
+    const MAX_BYTES: usize = 4 * KIB;
+
     fn check_wire(bytes: &[u8]) -> Result<(), WireViolation> {
         check_update_mask(bytes, 2)
     }
@@ -148,6 +169,95 @@ impl WireLimits for entries::BatchCreateEntriesRequest {
 
 impl WireLimits for entries::BatchCreateEntriesResponse {
     const MAX_BYTES: usize = MAX_BATCH_MESSAGE_BYTES;
+}
+
+/// Largest request of a path heft does not define: health and reflection
+/// requests name a service or a symbol.
+pub const OTHER_REQUEST_BYTES: usize = 4 * KIB;
+
+/// The largest request of each heft method, by gRPC path.
+pub const REQUEST_LIMITS: &[(&str, usize)] = &[
+    (
+        "/heft.users.v1.UserService/CreateUser",
+        users::CreateUserRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.users.v1.UserService/GetUser",
+        users::GetUserRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.users.v1.UserService/ListUsers",
+        users::ListUsersRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.users.v1.UserService/UpdateUser",
+        users::UpdateUserRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.users.v1.UserService/ChangePassword",
+        users::ChangePasswordRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.users.v1.UserService/Authenticate",
+        users::AuthenticateRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.users.v1.UserService/ListTokenKeys",
+        users::ListTokenKeysRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.users.v1.UserService/DeleteUser",
+        users::DeleteUserRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.users.v1.UserService/GetPurgeJob",
+        users::GetPurgeJobRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.users.v1.UserService/ListPurgeJobs",
+        users::ListPurgeJobsRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.entries.v1.EntryService/CreateEntry",
+        entries::CreateEntryRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.entries.v1.EntryService/BatchCreateEntries",
+        entries::BatchCreateEntriesRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.entries.v1.EntryService/GetEntry",
+        entries::GetEntryRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.entries.v1.EntryService/ListEntries",
+        entries::ListEntriesRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.entries.v1.EntryService/UpdateEntry",
+        entries::UpdateEntryRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.entries.v1.EntryService/DeleteEntry",
+        entries::DeleteEntryRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.entries.v1.EntryService/SummarizeEntries",
+        entries::SummarizeEntriesRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.entries.v1.EntryService/PurgeUserEntries",
+        entries::PurgeUserEntriesRequest::MAX_BYTES,
+    ),
+];
+
+/// The largest request `path` (`/package.Service/Method`) admits, read by
+/// the server from each message's length prefix before its body.
+pub fn max_request_bytes(path: &str) -> usize {
+    REQUEST_LIMITS
+        .iter()
+        .find(|(known, _)| *known == path)
+        .map_or(OTHER_REQUEST_BYTES, |(_, bytes)| *bytes)
 }
 
 /// The `FieldMask` in field `mask_field` names at most [`MAX_MASK_PATHS`]
@@ -342,6 +452,34 @@ mod tests {
         let refused = entries::BatchCreateEntriesRequest::check_wire(&batch).expect_err("too many");
         assert_eq!(refused.field, "entries");
         assert_eq!(refused.to_status().code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn every_method_has_a_request_limit() {
+        let descriptors = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET)
+            .expect("descriptors");
+        let mut paths: Vec<String> = descriptors
+            .file
+            .iter()
+            .flat_map(|file| {
+                file.service.iter().flat_map(move |service| {
+                    service.method.iter().map(move |method| {
+                        format!("/{}.{}/{}", file.package(), service.name(), method.name())
+                    })
+                })
+            })
+            .collect();
+        paths.sort();
+        let mut limited: Vec<String> = REQUEST_LIMITS
+            .iter()
+            .map(|(path, _)| path.to_string())
+            .collect();
+        limited.sort();
+        assert_eq!(paths, limited);
+        assert_eq!(
+            max_request_bytes("/grpc.health.v1.Health/Check"),
+            OTHER_REQUEST_BYTES
+        );
     }
 
     #[test]

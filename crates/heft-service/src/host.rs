@@ -26,6 +26,7 @@ use crate::{
     auth::{Access, LiveTokens, Policy, UserTokenVerifier},
     config::CommonArgs,
     db::{Database, Migrations},
+    message_limit::{LARGE_CALLS_AT_ONCE, MessageLimitLayer},
     metrics::{self, Metrics, Refresh},
     rpc_layer::{Gate, RpcLayer},
 };
@@ -196,6 +197,7 @@ impl Host {
                 },
                 metrics.clone(),
             ))
+            .layer(MessageLimitLayer::new(LARGE_CALLS_AT_ONCE))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)

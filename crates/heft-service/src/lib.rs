@@ -11,6 +11,7 @@ pub mod error;
 pub mod field_mask;
 pub mod host;
 pub mod keyed;
+pub mod message_limit;
 pub mod metrics;
 pub mod pagination;
 pub mod peer;

@@ -19,7 +19,7 @@ type HmacSha256 = Hmac<Sha256>;
 const MAC_LEN: usize = 32;
 const TOKEN_LIFETIME_SECS: i64 = 24 * 60 * 60;
 /// Bounds the work a hostile token can cause before it is rejected.
-const MAX_TOKEN_LEN: usize = 1024;
+pub const MAX_TOKEN_LEN: usize = 1024;
 
 /// Length of a freshly generated signing key.
 pub const KEY_LEN: usize = 32;

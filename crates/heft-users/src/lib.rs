@@ -187,10 +187,9 @@ async fn sweep_login_throttle(
             _ = stopped.wait_for(|stop| *stop) => return,
             () = tokio::time::sleep(EVERY) => {}
         }
-        let expired_before = heft_service::time::now() - throttle.window;
         loop {
             match store
-                .remove_expired_login_throttles(expired_before, BATCH)
+                .remove_expired_login_throttles(throttle.window, BATCH)
                 .await
             {
                 Ok(removed) if removed == u64::from(BATCH) => continue,

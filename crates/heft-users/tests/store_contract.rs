@@ -240,81 +240,75 @@ async fn login_attempts_are_limited_atomically(db: TestDatabase) {
     let key = ThrottleKey([7; 32]);
     let other = ThrottleKey([8; 32]);
     let throttle = LoginThrottle::default();
-    let now = time::now();
+    // Windows are timed by the database's clock: this one ends within the test.
+    let short = LoginThrottle {
+        window: chrono::Duration::seconds(1),
+        ..throttle
+    };
+    let over = || tokio::time::sleep(Duration::from_millis(1_200));
 
-    let attempt = |key: ThrottleKey, at| {
+    let attempt = |key: ThrottleKey, throttle| {
         let store = store.clone();
         async move {
             store
-                .begin_login_attempt(&key, throttle, at)
+                .begin_login_attempt(&key, throttle)
                 .await
                 .expect("attempt")
         }
     };
+    let locked = |attempt: LoginAttempt| matches!(attempt, LoginAttempt::Locked { .. });
 
-    let attempts = (0..50).map(|_| attempt(key, now));
+    let attempts = (0..50).map(|_| attempt(key, throttle));
     let results = futures::future::join_all(attempts).await;
     let allowed = results
         .iter()
         .filter(|r| **r == LoginAttempt::Allowed)
         .count();
     assert_eq!(allowed, 10, "{results:?}");
-    assert!(results.contains(&LoginAttempt::Locked {
-        until: now + throttle.window
-    }));
-
-    let after_window = now + throttle.window + chrono::Duration::seconds(1);
-    assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
+    let retry_after = results
+        .iter()
+        .find_map(|r| match r {
+            LoginAttempt::Locked { retry_after } => Some(*retry_after),
+            LoginAttempt::Allowed => None,
+        })
+        .expect("locked");
+    assert!(
+        retry_after <= Duration::from_secs(15 * 60) && retry_after > Duration::from_secs(14 * 60),
+        "{retry_after:?}"
+    );
     // Another email's count is its own.
-    assert_eq!(attempt(other, now).await, LoginAttempt::Allowed);
+    assert_eq!(attempt(other, throttle).await, LoginAttempt::Allowed);
     store.clear_login_failures(&key).await.expect("clear");
     for _ in 0..10 {
-        assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
+        assert_eq!(attempt(key, short).await, LoginAttempt::Allowed);
     }
-    assert!(matches!(
-        attempt(key, after_window).await,
-        LoginAttempt::Locked { .. }
-    ));
-    // Rows whose window is over are removed in bounded batches.
-    assert_eq!(attempt(other, now).await, LoginAttempt::Allowed);
-    let over = after_window + throttle.window + chrono::Duration::seconds(1);
-    assert_eq!(
-        store
-            .remove_expired_login_throttles(over - throttle.window, 1)
-            .await
-            .expect("sweep"),
-        1,
-        "one row per batch of one"
-    );
-    assert_eq!(
-        store
-            .remove_expired_login_throttles(over - throttle.window, 100)
-            .await
-            .expect("sweep"),
-        1
-    );
-    assert_eq!(
-        store
-            .remove_expired_login_throttles(over - throttle.window, 100)
-            .await
-            .expect("sweep"),
-        0
-    );
-    assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
-    for _ in 1..10 {
-        assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
-    }
-    assert!(matches!(
-        attempt(key, after_window).await,
-        LoginAttempt::Locked { .. }
-    ));
+    assert!(locked(attempt(key, short).await));
     // An attempt whose password was never checked is given back: one more fits.
     store.refund_login_attempt(&key).await.expect("refund");
-    assert_eq!(attempt(key, after_window).await, LoginAttempt::Allowed);
-    assert!(matches!(
-        attempt(key, after_window).await,
-        LoginAttempt::Locked { .. }
-    ));
+    assert_eq!(attempt(key, short).await, LoginAttempt::Allowed);
+    assert!(locked(attempt(key, short).await));
+
+    // Once the window is over, a new one starts.
+    over().await;
+    assert_eq!(attempt(key, short).await, LoginAttempt::Allowed);
+    // Rows whose window is over are removed in bounded batches: `other`'s
+    // is, `key`'s has just started again.
+    let sweep = |limit| {
+        let store = store.clone();
+        async move {
+            store
+                .remove_expired_login_throttles(short.window, limit)
+                .await
+                .expect("sweep")
+        }
+    };
+    assert_eq!(sweep(100).await, 1);
+    assert_eq!(sweep(100).await, 0);
+    assert_eq!(attempt(other, short).await, LoginAttempt::Allowed);
+    over().await;
+    assert_eq!(sweep(1).await, 1, "one row per batch of one");
+    assert_eq!(sweep(1).await, 1);
+    assert_eq!(sweep(100).await, 0, "the table is empty");
 }
 
 async fn delete_records_a_purge_job_in_the_same_transaction(db: TestDatabase) {

@@ -303,3 +303,106 @@ pub fn entry_to_proto(entry: &Entry, unit: Option<WeightUnit>) -> pb::Entry {
         update_time: Some(to_timestamp(entry.update_time)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use heft_proto::codec::{MAX_MASK_PATH_BYTES, MAX_MASK_PATHS, WireLimits};
+    use prost::Message;
+
+    use super::*;
+
+    fn id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    /// The longest note, four bytes per character.
+    fn note() -> String {
+        "𝔁".repeat(Note::MAX_CHARS)
+    }
+
+    fn weight() -> Option<common::Weight> {
+        Some(common::Weight {
+            value: f64::MAX,
+            unit: i32::MIN,
+        })
+    }
+
+    fn date() -> Option<Date> {
+        Some(Date {
+            year: i32::MIN,
+            month: i32::MIN,
+            day: i32::MIN,
+        })
+    }
+
+    fn fits<M: Message + WireLimits>(request: &M) {
+        let len = request.encoded_len();
+        eprintln!(
+            "{}: largest valid {len} bytes, limit {}",
+            std::any::type_name::<M>(),
+            M::MAX_BYTES
+        );
+        assert!(len <= M::MAX_BYTES, "{len} bytes > {}", M::MAX_BYTES);
+    }
+
+    #[test]
+    fn the_largest_valid_requests_fit_their_limits() {
+        fits(&pb::CreateEntryRequest {
+            user_id: id(),
+            weight: weight(),
+            recorded_on: date(),
+            note: note(),
+            request_id: id(),
+        });
+        let timestamp = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: i32::MAX,
+        };
+        fits(&pb::UpdateEntryRequest {
+            entry: Some(pb::Entry {
+                id: id(),
+                user_id: id(),
+                weight: weight(),
+                recorded_on: date(),
+                note: note(),
+                create_time: Some(timestamp),
+                update_time: Some(timestamp),
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["x".repeat(MAX_MASK_PATH_BYTES); MAX_MASK_PATHS],
+            }),
+        });
+        fits(&pb::BatchCreateEntriesRequest {
+            user_id: id(),
+            entries: vec![
+                pb::NewEntry {
+                    weight: weight(),
+                    recorded_on: date(),
+                    note: note(),
+                };
+                MAX_BATCH_ENTRIES
+            ],
+        });
+        fits(&pb::ListEntriesRequest {
+            user_id: id(),
+            start_date: date(),
+            end_date: date(),
+            page_size: i32::MIN,
+            page_token: "x".repeat(heft_service::pagination::MAX_TOKEN_LEN),
+            unit: i32::MIN,
+            ..Default::default()
+        });
+        fits(&pb::GetEntryRequest {
+            id: id(),
+            unit: i32::MIN,
+        });
+        fits(&pb::SummarizeEntriesRequest {
+            user_id: id(),
+            start_date: date(),
+            end_date: date(),
+            unit: i32::MIN,
+        });
+        fits(&pb::DeleteEntryRequest { id: id() });
+        fits(&pb::PurgeUserEntriesRequest { user_id: id() });
+    }
+}

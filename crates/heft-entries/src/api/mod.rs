@@ -4,7 +4,6 @@
 use std::{sync::Arc, time::Instant};
 
 use chrono::Utc;
-use futures::TryStreamExt;
 use heft_proto::entries::v1::{self as pb, entry_service_server::EntryService};
 use heft_service::{
     auth::{Access, Scope},
@@ -12,11 +11,12 @@ use heft_service::{
     pagination::{self, PageTokens},
     request_id, time,
 };
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::{
-    domain::{Cursor, Entry, EntryId, ListQuery, Summarizer, UserId},
+    domain::{Cursor, Entry, EntryId, ListQuery, SortOrder, Summarizer, UserId},
     purge::{self, PurgeArgs},
     store::{EntryStore, StoreError},
     users_client::{UsersClient, UsersError},
@@ -58,10 +58,18 @@ pub const METHODS: &[(&str, Access)] = &[
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
+/// Entries a summary reads per statement: it holds a pool connection only
+/// while one page is read, so a user with millions of entries cannot keep
+/// one for the whole summary.
+const SUMMARY_PAGE: u32 = 5_000;
+/// Summaries computed at once; the rest wait their turn within their
+/// deadline, so a few large summaries cannot take the whole pool.
+const SUMMARIES_AT_ONCE: usize = 2;
 const PAGE_SCOPE: &str = "entries";
 
 pub struct EntryApi {
     store: Arc<dyn EntryStore>,
+    summaries: Semaphore,
     users: UsersClient,
     page_tokens: PageTokens,
     purge: PurgeArgs,
@@ -76,6 +84,7 @@ impl EntryApi {
     ) -> Self {
         Self {
             store,
+            summaries: Semaphore::new(SUMMARIES_AT_ONCE),
             users,
             page_tokens,
             purge,
@@ -240,10 +249,26 @@ impl EntryService for EntryApi {
     ) -> Result<Response<pb::SummarizeEntriesResponse>, Status> {
         let (user_id, range, unit) = convert::summarize(request.get_ref())?;
         caller(&request).require_user(user_id.0)?;
-        let mut entries = self.store.entries_in_range(user_id, range);
+        // Never closed: a permit always comes, when a summary ahead ends.
+        let _turn = self.summaries.acquire().await.ok();
         let mut summarizer = Summarizer::new(unit);
-        while let Some(entry) = entries.try_next().await? {
-            summarizer.add(entry);
+        let mut page = ListQuery {
+            user_id,
+            range,
+            order: SortOrder::Ascending,
+            after: None,
+            limit: SUMMARY_PAGE,
+        };
+        loop {
+            let entries = self.store.list_entries(&page).await?;
+            let more = entries.len() == SUMMARY_PAGE as usize;
+            page.after = entries.last().map(Cursor::after);
+            for entry in entries {
+                summarizer.add(entry);
+            }
+            if !more {
+                break;
+            }
         }
         let response = match summarizer.finish() {
             None => pb::SummarizeEntriesResponse::default(),

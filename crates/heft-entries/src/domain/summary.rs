@@ -60,14 +60,15 @@ impl Summarizer {
         };
         self.count += 1;
         if self.first.is_none() {
-            self.first = Some(with_unit(&entry, self.unit));
+            self.first = Some(entry.clone());
         }
-        self.last = Some(with_unit(&entry, self.unit));
+        self.last = Some(entry);
     }
 
     /// `None` when no entry was added.
     pub fn finish(self) -> Option<Summary> {
-        let (first, last) = (self.first?, self.last?);
+        let first = with_unit(&self.first?, self.unit);
+        let last = with_unit(&self.last?, self.unit);
         Some(Summary {
             count: self.count,
             unit: self.unit,

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use futures::stream::BoxStream;
 use heft_service::{
     ErrorCode,
     db::{Database, DbError, Migrations, Timestamp},
@@ -14,8 +13,8 @@ use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 use uuid::Uuid;
 
 use crate::domain::{
-    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, UserId,
-    Weight, WeightUnit,
+    Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, UserId, Weight,
+    WeightUnit,
 };
 
 mod postgres;
@@ -187,14 +186,6 @@ pub trait EntryStore: Send + Sync + 'static {
 
     /// One page of a user's entries in the query's order, after its cursor.
     async fn list_entries(&self, query: &ListQuery) -> StoreResult<Vec<Entry>>;
-
-    /// Every entry of a user in the range, oldest first, as a stream: a
-    /// summary of any number of entries needs constant memory.
-    fn entries_in_range(
-        &self,
-        user_id: UserId,
-        range: DateRange,
-    ) -> BoxStream<'_, StoreResult<Entry>>;
 
     async fn update_entry(
         &self,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use futures::{FutureExt, StreamExt, stream::BoxStream};
+use futures::FutureExt;
 use heft_service::db::warm::WarmConnections;
 use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
@@ -30,8 +30,8 @@ use super::{
     unit_code,
 };
 use crate::domain::{
-    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
-    UserId, Weight,
+    Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder, UserId,
+    Weight,
 };
 
 #[derive(Debug, Clone)]
@@ -278,28 +278,6 @@ impl EntryStore for PostgresEntryStore {
             })
             .await?;
         into_entries(rows)
-    }
-
-    fn entries_in_range(
-        &self,
-        user_id: UserId,
-        range: DateRange,
-    ) -> BoxStream<'_, StoreResult<Entry>> {
-        sqlx::query_as::<_, EntryRow>(concat!(
-            "SELECT ",
-            entry_columns!(),
-            " FROM entries
-             WHERE user_id = $1
-               AND recorded_on >= COALESCE($2, '-infinity'::date)
-               AND recorded_on <= COALESCE($3, 'infinity'::date)
-             ORDER BY recorded_on, create_time, id"
-        ))
-        .bind(user_id.0)
-        .bind(range.start)
-        .bind(range.end)
-        .fetch(&self.pool)
-        .map(|row| Entry::try_from(row?))
-        .boxed()
     }
 
     async fn update_entry(

@@ -6,7 +6,6 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, stream::BoxStream};
 use heft_service::db::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
@@ -16,8 +15,8 @@ use super::{
     unit_code,
 };
 use crate::domain::{
-    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder,
-    UserId, Weight,
+    Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder, UserId,
+    Weight,
 };
 
 #[derive(Debug, Clone)]
@@ -170,28 +169,6 @@ impl EntryStore for SqliteEntryStore {
             .fetch_all(&self.pool)
             .await?;
         into_entries(rows)
-    }
-
-    fn entries_in_range(
-        &self,
-        user_id: UserId,
-        range: DateRange,
-    ) -> BoxStream<'_, StoreResult<Entry>> {
-        sqlx::query_as::<_, EntryRow>(concat!(
-            "SELECT ",
-            entry_columns!(),
-            " FROM entries
-             WHERE user_id = $1
-               AND ($2 IS NULL OR recorded_on >= $2)
-               AND ($3 IS NULL OR recorded_on <= $3)
-             ORDER BY recorded_on, create_time, id"
-        ))
-        .bind(user_id.0)
-        .bind(range.start)
-        .bind(range.end)
-        .fetch(&self.pool)
-        .map(|row| Entry::try_from(row?))
-        .boxed()
     }
 
     async fn update_entry(

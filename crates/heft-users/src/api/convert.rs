@@ -174,3 +174,83 @@ pub fn token_key_to_proto(key: &TokenPublicKey) -> pb::TokenKey {
         r#use: "sig".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use heft_proto::codec::WireLimits;
+    use prost::Message;
+
+    use super::*;
+    use crate::domain::{Email, Password, UserName};
+
+    /// Every text field at its longest, four bytes per character.
+    fn longest(chars: usize) -> String {
+        "𝔁".repeat(chars)
+    }
+
+    fn id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    fn fits<M: Message + WireLimits>(request: &M) {
+        let len = request.encoded_len();
+        eprintln!(
+            "{}: largest valid {len} bytes, limit {}",
+            std::any::type_name::<M>(),
+            M::MAX_BYTES
+        );
+        assert!(len <= M::MAX_BYTES, "{len} bytes > {}", M::MAX_BYTES);
+    }
+
+    #[test]
+    fn the_largest_valid_requests_fit_their_limits() {
+        fits(&pb::CreateUserRequest {
+            email: longest(Email::MAX_CHARS),
+            name: longest(UserName::MAX_CHARS),
+            password: longest(Password::MAX_CHARS),
+            weight_unit: i32::MAX,
+        });
+        let timestamp = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: i32::MAX,
+        };
+        fits(&pb::UpdateUserRequest {
+            user: Some(pb::User {
+                id: id(),
+                email: longest(Email::MAX_CHARS),
+                name: longest(UserName::MAX_CHARS),
+                weight_unit: i32::MAX,
+                create_time: Some(timestamp),
+                update_time: Some(timestamp),
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![
+                    "x".repeat(heft_proto::codec::MAX_MASK_PATH_BYTES);
+                    heft_proto::codec::MAX_MASK_PATHS
+                ],
+            }),
+        });
+        fits(&pb::ChangePasswordRequest {
+            id: id(),
+            current_password: longest(Password::MAX_CHARS),
+            new_password: longest(Password::MAX_CHARS),
+        });
+        fits(&pb::AuthenticateRequest {
+            email: longest(Email::MAX_CHARS),
+            password: longest(Password::MAX_CHARS),
+        });
+        let page_token = "x".repeat(heft_service::pagination::MAX_TOKEN_LEN);
+        fits(&pb::ListUsersRequest {
+            page_size: i32::MIN,
+            page_token: page_token.clone(),
+        });
+        fits(&pb::ListPurgeJobsRequest {
+            state: i32::MIN,
+            page_size: i32::MIN,
+            page_token,
+        });
+        fits(&pb::GetUserRequest { id: id() });
+        fits(&pb::DeleteUserRequest { id: id() });
+        fits(&pb::GetPurgeJobRequest { user_id: id() });
+    }
+}

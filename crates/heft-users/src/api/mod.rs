@@ -102,17 +102,10 @@ impl UserApi {
     /// a password is checked and found wrong.
     async fn begin_attempt(&self, email: &Email) -> ApiResult<Attempt> {
         let key = ThrottleKey(self.throttle_keys.digest(email.as_str().as_bytes()));
-        let now = time::now();
-        let attempt = self
-            .store
-            .begin_login_attempt(&key, self.throttle, now)
-            .await?;
-        if let LoginAttempt::Locked { until } = attempt {
+        let attempt = self.store.begin_login_attempt(&key, self.throttle).await?;
+        if let LoginAttempt::Locked { retry_after } = attempt {
             warn!("login refused: too many failures for this email");
-            return Err(ApiError::LoginLocked {
-                retry_after: (until - now).to_std().unwrap_or_default(),
-            }
-            .into());
+            return Err(ApiError::LoginLocked { retry_after }.into());
         }
         Ok(Attempt {
             store: self.store.clone(),

@@ -196,8 +196,8 @@ pub enum LoginAttempt {
     /// The attempt may check the password; it already counts as a failure
     /// until a success clears the count.
     Allowed,
-    /// Too many failures: refused without checking, until this instant.
-    Locked { until: DateTime<Utc> },
+    /// Too many failures: refused without checking, for this long.
+    Locked { retry_after: std::time::Duration },
 }
 
 /// An outbox row: "purge every entry of this deleted user".

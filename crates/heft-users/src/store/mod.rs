@@ -299,12 +299,12 @@ pub trait UserStore: Send + Sync + 'static {
 
     /// Atomically takes one login attempt for the account, counted as a
     /// failure until [`UserStore::clear_login_failures`]; refused when the
-    /// window already holds `throttle.max_failures`.
+    /// window already holds `throttle.max_failures`. Windows are timed by
+    /// the database's clock, so replicas whose clocks disagree share them.
     async fn begin_login_attempt(
         &self,
         key: &ThrottleKey,
         throttle: LoginThrottle,
-        now: DateTime<Utc>,
     ) -> StoreResult<LoginAttempt>;
 
     async fn clear_login_failures(&self, key: &ThrottleKey) -> StoreResult<()>;
@@ -314,11 +314,11 @@ pub trait UserStore: Send + Sync + 'static {
     /// gone): only a checked, wrong password counts.
     async fn refund_login_attempt(&self, key: &ThrottleKey) -> StoreResult<()>;
 
-    /// Removes up to `limit` throttle rows whose window started at or
-    /// before `expired_before` (they no longer limit anything); how many.
+    /// Removes up to `limit` throttle rows whose window of length `window`
+    /// is over by the database's clock (they no longer limit anything); how many.
     async fn remove_expired_login_throttles(
         &self,
-        expired_before: DateTime<Utc>,
+        window: chrono::Duration,
         limit: u32,
     ) -> StoreResult<u64>;
 

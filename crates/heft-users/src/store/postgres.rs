@@ -182,22 +182,23 @@ impl UserStore for PostgresUserStore {
         &self,
         key: &ThrottleKey,
         throttle: LoginThrottle,
-        now: DateTime<Utc>,
     ) -> StoreResult<LoginAttempt> {
         // One statement, so concurrent attempts serialise on the row: a new
         // window starts when the old one is over, otherwise the count grows
         // only while it is under the limit.
+        let window = throttle.window.as_seconds_f64();
         let taken: Option<i32> = sqlx::query_scalar(
-            "INSERT INTO login_throttle AS t (email_key, window_start, failures) VALUES ($1, $2, 1)
+            "INSERT INTO login_throttle AS t (email_key, window_start, failures) VALUES ($1, now(), 1)
              ON CONFLICT (email_key) DO UPDATE SET
-                window_start = CASE WHEN t.window_start <= $3 THEN $2 ELSE t.window_start END,
-                failures = CASE WHEN t.window_start <= $3 THEN 1 ELSE t.failures + 1 END
-             WHERE t.window_start <= $3 OR t.failures < $4
+                window_start = CASE WHEN t.window_start <= now() - make_interval(secs => $2)
+                    THEN now() ELSE t.window_start END,
+                failures = CASE WHEN t.window_start <= now() - make_interval(secs => $2)
+                    THEN 1 ELSE t.failures + 1 END
+             WHERE t.window_start <= now() - make_interval(secs => $2) OR t.failures < $3
              RETURNING failures",
         )
         .bind(&key.0[..])
-        .bind(now)
-        .bind(now - throttle.window)
+        .bind(window)
         .bind(i32::try_from(throttle.max_failures).unwrap_or(i32::MAX))
         .fetch_optional(&self.pool)
         .await?;
@@ -205,13 +206,16 @@ impl UserStore for PostgresUserStore {
             return Ok(LoginAttempt::Allowed);
         }
         // A success may have cleared the row since: refused for now, free to retry.
-        let window_start: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT window_start FROM login_throttle WHERE email_key = $1")
-                .bind(&key.0[..])
-                .fetch_optional(&self.pool)
-                .await?;
+        let left: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM window_start + make_interval(secs => $2) - now())::float8
+             FROM login_throttle WHERE email_key = $1",
+        )
+        .bind(&key.0[..])
+        .bind(window)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(LoginAttempt::Locked {
-            until: window_start.map_or(now, |start| start + throttle.window),
+            retry_after: Duration::from_secs_f64(left.unwrap_or(0.0).max(0.0)),
         })
     }
 
@@ -235,14 +239,15 @@ impl UserStore for PostgresUserStore {
 
     async fn remove_expired_login_throttles(
         &self,
-        expired_before: DateTime<Utc>,
+        window: chrono::Duration,
         limit: u32,
     ) -> StoreResult<u64> {
         let removed = sqlx::query(
             "DELETE FROM login_throttle WHERE ctid IN (
-                SELECT ctid FROM login_throttle WHERE window_start <= $1 LIMIT $2)",
+                SELECT ctid FROM login_throttle
+                WHERE window_start <= now() - make_interval(secs => $1) LIMIT $2)",
         )
-        .bind(expired_before)
+        .bind(window.as_seconds_f64())
         .bind(i64::from(limit))
         .execute(&self.pool)
         .await?;

@@ -187,8 +187,9 @@ impl UserStore for SqliteUserStore {
         &self,
         key: &ThrottleKey,
         throttle: LoginThrottle,
-        now: DateTime<Utc>,
     ) -> StoreResult<LoginAttempt> {
+        // SQLite is a file on this machine: its clock is this machine's.
+        let now = time::now();
         // One statement, so concurrent attempts serialise on the row: a new
         // window starts when the old one is over, otherwise the count grows
         // only while it is under the limit.
@@ -215,8 +216,9 @@ impl UserStore for SqliteUserStore {
                 .bind(&key.0[..])
                 .fetch_optional(&self.pool)
                 .await?;
+        let until = window_start.map_or(now, |start| start.0 + throttle.window);
         Ok(LoginAttempt::Locked {
-            until: window_start.map_or(now, |start| start.0 + throttle.window),
+            retry_after: (until - now).to_std().unwrap_or_default(),
         })
     }
 
@@ -240,9 +242,10 @@ impl UserStore for SqliteUserStore {
 
     async fn remove_expired_login_throttles(
         &self,
-        expired_before: DateTime<Utc>,
+        window: chrono::Duration,
         limit: u32,
     ) -> StoreResult<u64> {
+        let expired_before = time::now() - window;
         let removed = sqlx::query(
             "DELETE FROM login_throttle WHERE rowid IN (
                 SELECT rowid FROM login_throttle WHERE window_start <= $1 LIMIT $2)",
