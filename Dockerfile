@@ -10,8 +10,8 @@ COPY . .
 # binaries are copied out because cache mounts are not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p heft-users -p heft-entries \
- && install -D -m 0755 -t /out target/release/heft-users target/release/heft-entries
+    cargo build --profile dist --locked -p heft-users -p heft-entries \
+ && install -D -m 0755 -t /out target/dist/heft-users target/dist/heft-entries
 
 FROM debian:bookworm-slim AS runtime
 # ca-certificates: the system trust store, the one thing a slim image lacks

@@ -2,7 +2,7 @@
 # Flamegraphs of heft-entries under the benchmark's GetEntry, ListEntries and
 # CreateEntry phases (perf at 999 Hz for 8 s of each, DWARF call graphs).
 # Needs perf (Debian: linux-perf) and inferno (cargo install inferno), and
-# the release build: cargo build --release --workspace
+# the benchmark's build: cargo build --profile dist --workspace
 # Usage: bench/profile.sh [out-dir]   (default docs/profiles; the folded
 # stacks stay in a temporary directory, printed at the end)
 set -euo pipefail
@@ -11,7 +11,7 @@ OUT=${1:-docs/profiles}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 LOG=$WORK/bench.log
-target/release/heft-bench --phases get,list,create --entries 300000 --duration-secs 12 --report - \
+target/dist/heft-bench --phases get,list,create --entries 300000 --duration-secs 12 --report - \
   >/dev/null 2>"$LOG" &
 BENCH=$!
 
@@ -26,7 +26,7 @@ record() { # phase, file stem
   wait_for "phase: $1"
   sleep 3 # past the warm-up
   local pid
-  pid=$(pgrep -n -f target/release/heft-entries)
+  pid=$(pgrep -n -f target/dist/heft-entries)
   perf record -q -F 999 --call-graph dwarf,16384 -p "$pid" -o "$WORK/$2.data" -- sleep 8
 }
 

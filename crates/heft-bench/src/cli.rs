@@ -61,9 +61,14 @@ pub enum Phase {
     /// GetEntry and CreateEntry with a scoped credential and a user token.
     Access,
     List,
+    /// ListEntries for users whose entries were imported just before, with
+    /// no ANALYZE since: one far heavier than the others.
+    ListFresh,
     Create,
     Batch,
     Login,
+    /// Authenticate with more clients than the hashing queue admits.
+    LoginOverload,
     Purge,
 }
 

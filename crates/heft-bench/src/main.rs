@@ -2,7 +2,7 @@
 //! same statement run directly against PostgreSQL at the same concurrency in
 //! the same run, so every target prints as a ratio.
 //!
-//! `cargo build --release --workspace && target/release/heft-bench` starts both services
+//! `cargo build --profile dist --workspace && target/dist/heft-bench` starts both services
 //! (release binaries next to this one) on fresh PostgreSQL databases, seeds
 //! through the API, runs the phases, prints a table and writes
 //! `docs/BENCHMARKS.md`.

@@ -11,6 +11,7 @@ use heft_proto::{entries::v1 as entries_pb, users::v1 as users_pb};
 use sqlx::PgPool;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::{
@@ -71,7 +72,8 @@ impl Bench {
         let floor = FloorConnections::connect(&stack.entries_url, args.concurrency).await?;
         // For scale: GetEntry and ListEntries on the least a gRPC service over
         // the same table can do, against the same floor.
-        let bare = if args.runs(Phase::Get) || args.runs(Phase::List) {
+        let bare = if args.runs(Phase::Get) || args.runs(Phase::List) || args.runs(Phase::ListFresh)
+        {
             let server = stack.start_bare().await?;
             Some(Bare {
                 clients: clients.of_bare(server.addr, args.connections).await?,
@@ -102,9 +104,11 @@ impl Bench {
             Phase::Get => self.get().await,
             Phase::Access => self.access().await,
             Phase::List => self.list().await,
+            Phase::ListFresh => self.list_fresh().await,
             Phase::Create => self.create().await,
             Phase::Batch => self.batch().await,
             Phase::Login => self.login().await,
+            Phase::LoginOverload => self.login_overload().await,
             Phase::Purge => self.purge().await,
         }
     }
@@ -341,28 +345,79 @@ impl Bench {
     /// ListEntries (a page of 100) against the keyset SELECT it runs.
     async fn list(&mut self) -> anyhow::Result<()> {
         eprintln!("phase: ListEntries");
-        let seeded = self.seeded.clone();
-        let list_through = move |clients: &Clients| {
-            per_call(
-                (clients.clone(), seeded.clone()),
-                |(clients, seeded), worker, _| async move {
-                    let user = seeded.any_user().0.clone();
-                    clients
-                        .entries(worker)
-                        .list_entries(clients.request(entries_pb::ListEntriesRequest {
-                            user_id: user,
-                            page_size: 100,
-                            ..Default::default()
-                        }))
-                        .await
-                        .map(drop)
-                },
-            )
+        let users: Arc<Vec<String>> =
+            Arc::new(self.seeded.users.iter().map(|(id, _)| id.clone()).collect());
+        self.list_first_pages("ListEntries", "ListEntries (page of 100)", users)
+            .await;
+        Ok(())
+    }
+
+    /// ListEntries for users imported a moment ago through
+    /// BatchCreateEntries, before any ANALYZE could see them: one with ten
+    /// times the entries of the seeded users, nine light ones; half the
+    /// pages are the heavy user's.
+    async fn list_fresh(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: ListEntries, users imported just before");
+        let (heavy_entries, light_entries) = if self.args.quick {
+            (5_000, 200)
+        } else {
+            (100_000, 2_000)
+        };
+        let imported = Instant::now();
+        let heavy = self.clients.create_user(0).await?.0;
+        self.clients.import(0, &heavy, heavy_entries).await?;
+        let mut users = Vec::new();
+        for worker in 0..9 {
+            let light = self.clients.create_user(worker).await?.0;
+            self.clients.import(worker, &light, light_entries).await?;
+            users.push(heavy.clone());
+            users.push(light);
+        }
+        self.report.details.push(format!(
+            "ListEntries, users imported just before: {heavy_entries} entries for one user and \
+             {light_entries} for each of nine others imported through BatchCreateEntries in \
+             {:.1} s, then listed at once (no ANALYZE in between)",
+            imported.elapsed().as_secs_f64()
+        ));
+        self.list_first_pages(
+            "ListEntries, imported just before",
+            "ListEntries (page of 100), users imported just before, one heavy",
+            Arc::new(users),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// First pages of 100 of any of `users`, through heft against the same
+    /// SELECT run directly.
+    async fn list_first_pages(&mut self, phase: &str, measure: &str, users: Arc<Vec<String>>) {
+        let list_through = {
+            let users = users.clone();
+            move |clients: &Clients| {
+                per_call(
+                    (clients.clone(), users.clone()),
+                    |(clients, users), worker, _| async move {
+                        let user = users
+                            [rand::Rng::gen_range(&mut rand::thread_rng(), 0..users.len())]
+                        .clone();
+                        clients
+                            .entries(worker)
+                            .list_entries(clients.request(entries_pb::ListEntriesRequest {
+                                user_id: user,
+                                page_size: 100,
+                                ..Default::default()
+                            }))
+                            .await
+                            .map(drop)
+                    },
+                )
+            }
         };
         let floor = per_call(
-            (self.floor.clone(), self.seeded.clone()),
-            |(floor, seeded), worker, _| async move {
-                let user: Uuid = seeded.any_user().0.parse()?;
+            (self.floor.clone(), users),
+            |(floor, users), worker, _| async move {
+                let user: Uuid =
+                    users[rand::Rng::gen_range(&mut rand::thread_rng(), 0..users.len())].parse()?;
                 sqlx::query_as::<_, EntryRow>(
                     "SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time
                          FROM entries WHERE user_id = $1
@@ -374,14 +429,8 @@ impl Bench {
                 Ok::<_, anyhow::Error>(())
             },
         );
-        self.read_against_floor(
-            "ListEntries",
-            "ListEntries (page of 100)",
-            list_through,
-            floor,
-        )
-        .await;
-        Ok(())
+        self.read_against_floor(phase, measure, list_through, floor)
+            .await;
     }
 
     /// CreateEntry (with a request id) against the INSERT of the same row.
@@ -576,6 +625,121 @@ impl Bench {
         });
     }
 
+    /// Authenticate from more clients than the hashing queue admits, each a
+    /// well-behaved client that waits as a refusal's RetryInfo asks; GetUser
+    /// at a steady pace beside it.
+    async fn login_overload(&mut self) -> anyhow::Result<()> {
+        let hashing = Hashing::measure();
+        let clients_at_once = self.args.concurrency.max(6 * hashing.cores);
+        eprintln!(
+            "phase: Authenticate from {clients_at_once} clients at once, and GetUser beside it"
+        );
+        let load = self.args.load(clients_at_once);
+        let refusals = Arc::new(Refusals::measured_after(Instant::now() + load.warmup));
+        let login = per_call(
+            (self.clients.clone(), self.seeded.clone(), refusals.clone()),
+            |(clients, seeded, refusals), worker, _| async move {
+                let email = seeded.any_user().1.clone();
+                let sent = Instant::now();
+                let answer = clients
+                    .users(worker)
+                    .authenticate(clients.request(users_pb::AuthenticateRequest {
+                        email,
+                        password: PASSWORD.into(),
+                    }))
+                    .await;
+                let Err(status) = answer else {
+                    return Ok(());
+                };
+                let busy = status
+                    .get_details_error_info()
+                    .is_some_and(|info| info.reason == "HASHING_BUSY");
+                if !busy {
+                    return Err(status.to_string());
+                }
+                refusals.record(sent);
+                let delay = status
+                    .get_details_retry_info()
+                    .and_then(|info| info.retry_delay)
+                    .unwrap_or(Duration::from_secs(1));
+                tokio::time::sleep(delay).await;
+                Err(REFUSED.to_owned())
+            },
+        );
+        let sampler = self.sampler();
+        let background = {
+            let users_cpu = self.users_cpu.clone();
+            tokio::spawn(async move { closed_loop(load, &users_cpu, login).await })
+        };
+        let lookups = paced_loop(
+            self.args.load(2),
+            Duration::from_millis(10),
+            &self.users_cpu,
+            per_call(
+                (self.clients.clone(), self.seeded.clone()),
+                |(clients, seeded), worker, _| async move {
+                    let id = seeded.any_user().0.clone();
+                    clients
+                        .users(worker)
+                        .get_user(clients.request(users_pb::GetUserRequest { id }))
+                        .await
+                        .map(drop)
+                },
+            ),
+        )
+        .await;
+        let logins = background.await?;
+        self.record_usage("Authenticate, overloaded + GetUser", sampler)
+            .await;
+
+        let ceiling = hashing.cores as f64 / hashing.alone.as_secs_f64();
+        let ratio = logins.rps() / ceiling;
+        let refused = refusals.count();
+        let other_errors = logins.errors.saturating_sub(refused);
+        let refusal_p99 = refusals.percentile_ms(99.0);
+        if let Some(error) = logins.first_error.as_ref().filter(|e| *e != REFUSED) {
+            self.report
+                .details
+                .push(format!("Authenticate, overloaded: first error: {error}"));
+        }
+        self.report.rows.push(Row {
+            measure: format!(
+                "Authenticate, {clients_at_once} clients (more than the service admits)"
+            ),
+            heft: format!(
+                "{:.1} successful rps (p50 {:.1} ms, p99 {:.1} ms); {:.1} refusals/s answered in \
+                 p50 {:.2} ms, p99 {refusal_p99:.2} ms; {other_errors} errors besides",
+                logins.rps(),
+                logins.percentile_ms(50.0),
+                logins.percentile_ms(99.0),
+                refused as f64 / logins.elapsed.as_secs_f64().max(1e-9),
+                refusals.percentile_ms(50.0),
+            ),
+            floor: format!(
+                "{} cores ÷ {:.1} ms per hash = {ceiling:.1} rps",
+                hashing.cores,
+                hashing.alone.as_secs_f64() * 1000.0
+            ),
+            ratio: Some(ratio),
+            target: "≥ 0.8, refusals < 1 ms",
+            met: Some(ratio >= 0.8 && refusal_p99 < 1.0 && other_errors == 0),
+        });
+        let p99 = lookups.percentile_ms(99.0);
+        self.report.rows.push(Row {
+            measure: "GetUser p99 beside the login overload".into(),
+            heft: format!(
+                "{p99:.2} ms ({:.0} rps, {} errors)",
+                lookups.rps(),
+                lookups.errors
+            ),
+            floor: "–".into(),
+            ratio: None,
+            target: "< 10 ms",
+            met: Some(p99 < 10.0 && lookups.errors == 0),
+        });
+        Ok(())
+    }
+
     /// DeleteUser with N entries until GetPurgeJob says PURGED, against a
     /// bare DELETE of as many rows.
     async fn purge(&mut self) -> anyhow::Result<()> {
@@ -739,6 +903,45 @@ async fn bare_delete(raw: &PgPool, entries: usize) -> anyhow::Result<Duration> {
         .execute(raw)
         .await?;
     Ok(started.elapsed())
+}
+
+/// What an overloaded login phase's refused calls return.
+const REFUSED: &str = "refused: hashing busy";
+
+/// Logins refused as busy, and how long each refusal took to arrive.
+struct Refusals {
+    measured_after: Instant,
+    latency: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Refusals {
+    fn measured_after(at: Instant) -> Self {
+        Self {
+            measured_after: at,
+            latency: std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .unwrap_or_else(|_| unreachable!("valid bounds")),
+            ),
+        }
+    }
+
+    fn record(&self, sent: Instant) {
+        if sent < self.measured_after {
+            return;
+        }
+        let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = latency.record(micros.max(1));
+    }
+
+    fn count(&self) -> u64 {
+        self.latency.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn percentile_ms(&self, percentile: f64) -> f64 {
+        let latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        latency.value_at_percentile(percentile) as f64 / 1000.0
+    }
 }
 
 /// Argon2id hashes at heft's default parameters, in this process: the floor

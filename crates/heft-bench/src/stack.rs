@@ -78,7 +78,7 @@ pub struct Stack {
     databases: Vec<String>,
 }
 
-/// The service binaries: next to this one (`cargo build --release` puts
+/// The service binaries: next to this one (`cargo build --profile dist` puts
 /// them side by side).
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -90,7 +90,7 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     anyhow::bail!(
-        "{name} not found next to {}: build the workspace first (cargo build --release --workspace)",
+        "{name} not found next to {}: build the workspace first (cargo build --profile dist --workspace)",
         exe.display()
     )
 }

@@ -24,6 +24,8 @@ fn a_quick_run_completes_every_phase() {
         "| BatchCreateEntries (1,000 each) |",
         "| Authenticate |",
         "| GetUser p99 under full login load |",
+        "| ListEntries (page of 100), users imported just before, one heavy |",
+        "| GetUser p99 beside the login overload |",
         "| purge 500 entries: DeleteUser to PURGED |",
         "| heft-users resident memory |",
         "| GetEntry on a bare tonic + sqlx server (for scale) |",

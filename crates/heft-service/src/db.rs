@@ -22,23 +22,23 @@ pub use timestamp::Timestamp;
 /// A call waits at most this long for a connection before `UNAVAILABLE`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Server-side settings of every PostgreSQL session: limits, so that no statement,
+/// Server-side limits of every PostgreSQL session, so that no statement,
 /// lock wait or open transaction outlives the call that started it (a call
 /// lasts at most 30 s), even when the call's future is dropped mid-statement.
-///
-/// Bitmap scans are off: every heft statement is a point lookup or one
-/// user's rows in the order of an index, and with stale or skewed
-/// statistics (a user who just imported years of history, before
-/// autovacuum's ANALYZE) PostgreSQL would read all of that user's rows by
-/// bitmap and sort them for one page. Without the bitmap, the ordered index
-/// scan that stops at the page is the cheaper plan whatever the estimate
-/// (docs/design.md, "A page costs a page").
-const POSTGRES_SESSION_SETTINGS: [(&str, &str); 4] = [
+const POSTGRES_SESSION_LIMITS: [(&str, &str); 3] = [
     ("statement_timeout", "30s"),
     ("lock_timeout", "5s"),
     ("idle_in_transaction_session_timeout", "10s"),
-    ("enable_bitmapscan", "off"),
 ];
+
+/// How every heft session plans: bitmap scans off. Every heft statement is
+/// a point lookup or one user's rows in the order of an index, and with
+/// stale or skewed statistics (a user who just imported years of history,
+/// before autovacuum's ANALYZE) PostgreSQL would read all of that user's
+/// rows by bitmap and sort them for one page. Without the bitmap, the
+/// ordered index scan that stops at the page is the cheaper plan whatever
+/// the estimate (docs/design.md, "A page costs a page").
+pub const POSTGRES_PLANNER_SETTINGS: [(&str, &str); 1] = [("enable_bitmapscan", "off")];
 
 /// A pooled PostgreSQL connection idle for longer than this is pinged
 /// before use. A connection in steady use is not: a ping per call is a
@@ -142,7 +142,11 @@ async fn connect_postgres(url: &str) -> anyhow::Result<PgPool> {
                 connection.ping().await.map(|()| true)
             })
         })
-        .connect_with(options.options(POSTGRES_SESSION_SETTINGS))
+        .connect_with(
+            options
+                .options(POSTGRES_SESSION_LIMITS)
+                .options(POSTGRES_PLANNER_SETTINGS),
+        )
         .await?)
 }
 

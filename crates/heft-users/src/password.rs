@@ -150,37 +150,22 @@ impl PasswordHasher {
             .saturating_sub(self.permits.available_permits())
     }
 
-    async fn run_blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, HashError> {
+    /// A place among the calls that may hash (waiting or running), or
+    /// `Busy` at once when all are taken. A login takes it before any other
+    /// work, so a refusal costs no database write.
+    pub fn admit(&self) -> Result<HashingTurn, HashError> {
         if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max_admitted {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
             return Err(HashError::Busy);
         }
-        let admission = Admission(self.admitted.clone());
-        // The permit moves into the blocking task: a caller that gives up
-        // (deadline, reset stream) does not free its slot while the hash runs.
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| HashError::Closed)?;
-        self.threads
-            .run(move || {
-                let _slot = (permit, admission);
-                work()
-            })
-            .await
+        Ok(HashingTurn {
+            hasher: self.clone(),
+            admission: Admission(self.admitted.clone()),
+        })
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, HashError> {
-        let (params, blocks) = (self.params.clone(), self.blocks.clone());
-        let password = password.clone();
-        self.run_blocking(move || hash_blocking(&params, &blocks, password.expose()))
-            .await?
-            .map_err(HashError::Hashing)
+        self.admit()?.hash(password).await
     }
 
     pub async fn verify(
@@ -188,18 +173,63 @@ impl PasswordHasher {
         password: &Password,
         stored_hash: &str,
     ) -> Result<Verification, HashError> {
-        let (params, blocks) = (self.params.clone(), self.blocks.clone());
+        self.admit()?.verify(password, stored_hash).await
+    }
+}
+
+/// An admitted call's turn to hash: it waits for a slot, then runs.
+pub struct HashingTurn {
+    hasher: PasswordHasher,
+    admission: Admission,
+}
+
+impl HashingTurn {
+    async fn run<T: Send + 'static>(
+        self,
+        work: impl FnOnce(&Params, &BlockPool) -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let HashingTurn { hasher, admission } = self;
+        // The permit moves into the blocking task: a caller that gives up
+        // (deadline, reset stream) does not free its slot while the hash runs.
+        let permit = hasher
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HashError::Closed)?;
+        let (params, blocks) = (hasher.params.clone(), hasher.blocks.clone());
+        hasher
+            .threads
+            .run(move || {
+                let _slot = (permit, admission);
+                work(&params, &blocks)
+            })
+            .await
+    }
+
+    pub async fn hash(self, password: &Password) -> Result<String, HashError> {
+        let password = password.clone();
+        self.run(move |params, blocks| hash_blocking(params, blocks, password.expose()))
+            .await?
+            .map_err(HashError::Hashing)
+    }
+
+    pub async fn verify(
+        self,
+        password: &Password,
+        stored_hash: &str,
+    ) -> Result<Verification, HashError> {
         let password = password.clone();
         let stored_hash = stored_hash.to_owned();
-        self.run_blocking(move || {
-            verify_blocking(&params, &blocks, password.expose(), &stored_hash)
+        self.run(move |params, blocks| {
+            verify_blocking(params, blocks, password.expose(), &stored_hash)
         })
         .await?
     }
 
     /// Spends the time of one verification, for an unknown email.
-    pub async fn verify_dummy(&self, password: &Password) -> Result<(), HashError> {
-        let dummy = self.dummy_hash.clone();
+    pub async fn verify_dummy(self, password: &Password) -> Result<(), HashError> {
+        let dummy = self.hasher.dummy_hash.clone();
         self.verify(password, &dummy).await.map(drop)
     }
 }

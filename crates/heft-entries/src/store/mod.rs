@@ -20,7 +20,7 @@ use crate::domain::{
 mod postgres;
 mod sqlite;
 
-pub use postgres::PostgresEntryStore;
+pub use postgres::{PostgresEntryStore, push_list_statement};
 pub use sqlite::SqliteEntryStore;
 
 /// The entries schema, for each backend.

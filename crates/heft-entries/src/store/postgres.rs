@@ -115,6 +115,49 @@ fn lock_key(user_id: UserId) -> i64 {
     (high ^ low) as i64
 }
 
+/// Appends the statement of one page of `query` to `sql`, its values bound;
+/// the plan tests append it to an `EXPLAIN` (`tests/plans.rs`).
+pub fn push_list_statement(sql: &mut QueryBuilder<Postgres>, query: &ListQuery) {
+    let (compare, direction) = match query.order {
+        SortOrder::Ascending => (">", "ASC"),
+        SortOrder::Descending => ("<", "DESC"),
+    };
+    sql.push(concat!(
+        "SELECT ",
+        entry_columns!(),
+        " FROM entries WHERE user_id = "
+    ))
+    .push_bind(query.user_id.0);
+    if let Some(start) = query.range.start {
+        sql.push(" AND recorded_on >= ").push_bind(start);
+    }
+    if let Some(end) = query.range.end {
+        sql.push(" AND recorded_on <= ").push_bind(end);
+    }
+    if let Some(cursor) = query.after {
+        // Row comparison: the index on (user_id, recorded_on, create_time, id)
+        // seeks straight to the cursor.
+        sql.push(format_args!(
+            " AND (recorded_on, create_time, id) {compare} ("
+        ))
+        .push_bind(cursor.recorded_on)
+        .push(", ")
+        .push_bind(heft_service::time::from_micros(cursor.create_time_micros))
+        .push(", ")
+        .push_bind(cursor.id.0)
+        .push(")");
+    }
+    // The limit is written into the statement, not bound: with `LIMIT $n`
+    // PostgreSQL's generic plan guesses a tenth of the user's rows, so it
+    // plans every execution afresh (about a third of the statement's
+    // cost). `limit` is a validated page size, and the few sizes callers
+    // use stay in sqlx's per-connection statement cache.
+    sql.push(format_args!(
+        " ORDER BY recorded_on {direction}, create_time {direction}, id {direction} LIMIT {}",
+        query.limit
+    ));
+}
+
 #[async_trait]
 impl EntryStore for PostgresEntryStore {
     async fn create_entry(
@@ -233,44 +276,8 @@ impl EntryStore for PostgresEntryStore {
     }
 
     async fn list_entries(&self, query: &ListQuery) -> StoreResult<Vec<Entry>> {
-        let (compare, direction) = match query.order {
-            SortOrder::Ascending => (">", "ASC"),
-            SortOrder::Descending => ("<", "DESC"),
-        };
-        let mut sql = QueryBuilder::<Postgres>::new(concat!(
-            "SELECT ",
-            entry_columns!(),
-            " FROM entries WHERE user_id = "
-        ));
-        sql.push_bind(query.user_id.0);
-        if let Some(start) = query.range.start {
-            sql.push(" AND recorded_on >= ").push_bind(start);
-        }
-        if let Some(end) = query.range.end {
-            sql.push(" AND recorded_on <= ").push_bind(end);
-        }
-        if let Some(cursor) = query.after {
-            // Row comparison: the index on (user_id, recorded_on, create_time, id)
-            // seeks straight to the cursor.
-            sql.push(format_args!(
-                " AND (recorded_on, create_time, id) {compare} ("
-            ))
-            .push_bind(cursor.recorded_on)
-            .push(", ")
-            .push_bind(heft_service::time::from_micros(cursor.create_time_micros))
-            .push(", ")
-            .push_bind(cursor.id.0)
-            .push(")");
-        }
-        // The limit is written into the statement, not bound: with `LIMIT $n`
-        // PostgreSQL's generic plan guesses a tenth of the user's rows, so it
-        // plans every execution afresh (about a third of the statement's
-        // cost). `limit` is a validated page size, and the few sizes callers
-        // use stay in sqlx's per-connection statement cache.
-        sql.push(format_args!(
-            " ORDER BY recorded_on {direction}, create_time {direction}, id {direction} LIMIT {}",
-            query.limit
-        ));
+        let mut sql = QueryBuilder::new("");
+        push_list_statement(&mut sql, query);
         let rows = self
             .warm
             .run(move |connection| {

@@ -20,7 +20,7 @@ use crate::{
         Credentials, Email, HashReplacement, LoginAttempt, LoginThrottle, PurgeCursor,
         PurgeJobQuery, ThrottleKey, User, UserId,
     },
-    password::PasswordHasher,
+    password::{HashingTurn, PasswordHasher},
     store::UserStore,
     tokens::UserTokens,
 };
@@ -122,14 +122,11 @@ impl UserApi {
         &self,
         credentials: &Credentials,
         password: &crate::domain::Password,
-        attempt: Attempt,
+        (turn, attempt): (HashingTurn, Attempt),
         wrong: ApiError,
         upgrade: bool,
     ) -> ApiResult<()> {
-        let verification = self
-            .hasher
-            .verify(password, &credentials.password_hash)
-            .await?;
+        let verification = turn.verify(password, &credentials.password_hash).await?;
         if !verification.matches {
             attempt.counts();
             return Err(wrong.into());
@@ -285,6 +282,7 @@ impl UserService for UserApi {
         let change = convert::change_password(request.into_inner())?;
         user.require_user(change.id.0)?;
         let credentials = self.store.credentials(change.id).await?;
+        let turn = self.hasher.admit()?;
         let attempt = self.begin_attempt(&credentials.user.email).await?;
         // No upgrade of the old hash: the new password gets the configured
         // parameters anyway, and the compare-and-swap below expects the hash
@@ -292,7 +290,7 @@ impl UserService for UserApi {
         self.verify_password(
             &credentials,
             &change.current,
-            attempt,
+            (turn, attempt),
             ApiError::WrongCurrentPassword,
             false,
         )
@@ -321,17 +319,19 @@ impl UserService for UserApi {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let login = convert::authenticate(request.into_inner())?;
+        // Admitted to hashing first: a login refused as busy costs no write.
+        let turn = self.hasher.admit()?;
         let attempt = self.begin_attempt(&login.email).await?;
         let Some(credentials) = self.store.find_credentials(&login.email).await? else {
             // Same cost and answer as a wrong password: no account enumeration.
-            self.hasher.verify_dummy(&login.password).await?;
+            turn.verify_dummy(&login.password).await?;
             attempt.counts();
             return Err(ApiError::BadCredentials.into());
         };
         self.verify_password(
             &credentials,
             &login.password,
-            attempt,
+            (turn, attempt),
             ApiError::BadCredentials,
             true,
         )
