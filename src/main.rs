@@ -10,6 +10,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::{net::TcpListener, sync::watch};
 
+// A list page allocates and frees hundreds of small strings; glibc's malloc
+// spent a tenth of heft-entries' CPU doing so (docs/profiles/).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "heft",

@@ -292,16 +292,24 @@ pub fn weight_to_proto(weight: Weight) -> common::Weight {
 }
 
 /// The entry, its weight in `unit` when one is given.
-pub fn entry_to_proto(entry: &Entry, unit: Option<WeightUnit>) -> pb::Entry {
+pub fn entry_to_proto(entry: Entry, unit: Option<WeightUnit>) -> pb::Entry {
     pb::Entry {
-        id: entry.id.to_string(),
-        user_id: entry.user_id.to_string(),
+        id: uuid_string(entry.id.0),
+        user_id: uuid_string(entry.user_id.0),
         weight: Some(weight_to_proto(entry.weight.converted(unit))),
         recorded_on: Some(date_to_proto(entry.recorded_on.date())),
-        note: entry.note.as_str().to_owned(),
+        note: entry.note.into_string(),
         create_time: Some(to_timestamp(entry.create_time)),
         update_time: Some(to_timestamp(entry.update_time)),
     }
+}
+
+/// A UUID's hyphenated form, written straight into its buffer: a list page
+/// writes two per entry, and `to_string` goes through the formatting
+/// machinery for each.
+fn uuid_string(id: uuid::Uuid) -> String {
+    let mut buffer = [0; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut buffer).to_owned()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::{
-    domain::{Cursor, Entry, EntryId, ListQuery, SortOrder, Summarizer, UserId},
+    domain::{Cursor, Entry, EntryId, ListQuery, SortOrder, Summarizer, UserId, Weight},
     purge::{self, PurgeArgs},
     store::{EntryStore, StoreError},
     users_client::{UsersClient, UsersError},
@@ -157,7 +157,7 @@ impl EntryService for EntryApi {
         self.check_owner(params.user_id, &request).await?;
         let entry = new_entry(params.user_id, params.draft);
         let stored = self.store.create_entry(&entry, params.request_id).await?;
-        Ok(Response::new(convert::entry_to_proto(&stored, None)))
+        Ok(Response::new(convert::entry_to_proto(stored, None)))
     }
 
     async fn batch_create_entries(
@@ -171,7 +171,7 @@ impl EntryService for EntryApi {
         info!(%user_id, count = entries.len(), "entries imported");
         Ok(Response::new(pb::BatchCreateEntriesResponse {
             entries: entries
-                .iter()
+                .into_iter()
                 .map(|e| convert::entry_to_proto(e, None))
                 .collect(),
         }))
@@ -183,7 +183,7 @@ impl EntryService for EntryApi {
     ) -> Result<Response<pb::Entry>, Status> {
         let (id, unit) = convert::get_entry(request.get_ref())?;
         let entry = self.visible_entry(id, &request).await?;
-        Ok(Response::new(convert::entry_to_proto(&entry, unit)))
+        Ok(Response::new(convert::entry_to_proto(entry, unit)))
     }
 
     async fn list_entries(
@@ -216,7 +216,7 @@ impl EntryService for EntryApi {
         );
         Ok(Response::new(pb::ListEntriesResponse {
             entries: entries
-                .iter()
+                .into_iter()
                 .map(|e| convert::entry_to_proto(e, params.unit))
                 .collect(),
             next_page_token,
@@ -230,7 +230,7 @@ impl EntryService for EntryApi {
         let (id, patch) = convert::update_entry(request.get_ref(), today())?;
         self.check_entry_owner(id, &request).await?;
         let entry = self.store.update_entry(id, &patch, time::now()).await?;
-        Ok(Response::new(convert::entry_to_proto(&entry, None)))
+        Ok(Response::new(convert::entry_to_proto(entry, None)))
     }
 
     async fn delete_entry(
@@ -273,14 +273,16 @@ impl EntryService for EntryApi {
         let response = match summarizer.finish() {
             None => pb::SummarizeEntriesResponse::default(),
             Some(summary) => {
-                let weight = |value| Some(convert::weight_to_proto(summary.weight(value)));
+                let unit = summary.unit;
+                let weight =
+                    |value| Some(convert::weight_to_proto(Weight::from_stored(value, unit)));
                 pb::SummarizeEntriesResponse {
                     count: i64::try_from(summary.count).unwrap_or(i64::MAX),
                     min: weight(summary.min),
                     max: weight(summary.max),
                     mean: weight(summary.mean),
-                    first: Some(convert::entry_to_proto(&summary.first, None)),
-                    last: Some(convert::entry_to_proto(&summary.last, None)),
+                    first: Some(convert::entry_to_proto(summary.first, None)),
+                    last: Some(convert::entry_to_proto(summary.last, None)),
                     change: weight(summary.change),
                     trend: weight(summary.trend),
                 }

@@ -130,6 +130,10 @@ impl Note {
         Self(note)
     }
 
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,4 +1,4 @@
-use super::{Entry, Weight, WeightUnit};
+use super::{Entry, WeightUnit};
 
 /// Smoothing factor of the trend line, as in The Hacker's Diet.
 const TREND_SMOOTHING: f64 = 0.1;
@@ -99,18 +99,12 @@ fn with_unit(entry: &Entry, unit: WeightUnit) -> Entry {
     }
 }
 
-impl Summary {
-    pub fn weight(&self, value: f64) -> Weight {
-        Weight::from_stored(value, self.unit)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use chrono::{NaiveDate, Utc};
 
     use super::*;
-    use crate::domain::{EntryId, Note, RecordedOn, UserId};
+    use crate::domain::{EntryId, Note, RecordedOn, UserId, Weight};
 
     fn entry(day: u32, value: f64, unit: WeightUnit) -> Entry {
         let now = Utc::now();
