@@ -158,7 +158,7 @@ pub fn render(args: &Args, report: &Report) -> String {
         if cfg!(debug_assertions) {
             "debug"
         } else {
-            "release"
+            "optimised"
         }
     );
     let _ = writeln!(
