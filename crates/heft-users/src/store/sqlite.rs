@@ -216,9 +216,14 @@ impl UserStore for SqliteUserStore {
                 .bind(&key.0[..])
                 .fetch_optional(&self.pool)
                 .await?;
+        // A concurrent attempt may have started the window after this one
+        // read the clock: never more than one window.
         let until = window_start.map_or(now, |start| start.0 + throttle.window);
         Ok(LoginAttempt::Locked {
-            retry_after: (until - now).to_std().unwrap_or_default(),
+            retry_after: (until - now)
+                .min(throttle.window)
+                .to_std()
+                .unwrap_or_default(),
         })
     }
 
