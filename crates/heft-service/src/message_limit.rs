@@ -130,7 +130,8 @@ fn too_large(declared: usize, limit: usize) -> Status {
         code: Code::ResourceExhausted,
         reason: "MESSAGE_TOO_LARGE",
         message: &description,
-        violations: &[("", &description)],
+        // The whole message is too large, not one field of it.
+        violations: &[],
         retry_after: None,
         metadata: None,
     }
