@@ -78,12 +78,38 @@ pub async fn spawn_on(
     }
 }
 
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range
+/// (32768 and up), where the kernel picks the local port of every outgoing
+/// connection and of every `bind(0)`.
+const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
 /// A free port on loopback, released for a service to bind (one that must
-/// be known before the service starts, as its peer's URL).
+/// be known before the service starts, as its peer's URL). Tests stop a
+/// service and start it again on the same ports: taken from below the
+/// ephemeral range and never handed out twice by this process, a port
+/// cannot be taken meanwhile by a connection to PostgreSQL or by another
+/// test's service.
 pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    // Each test process starts at a place of its own in the range.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = TEST_PORTS.start + u16::try_from(offset).unwrap_or(0);
+        if let Ok(address) = std::net::TcpListener::bind(("127.0.0.1", port))
+            .and_then(|listener| listener.local_addr())
+        {
+            return address;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}")
 }
 
 /// A service running in this process on a port of its own, as its binary
