@@ -547,23 +547,7 @@ impl Bench {
             let users_cpu = self.users_cpu.clone();
             tokio::spawn(async move { closed_loop(logins_at_once, &users_cpu, login).await })
         };
-        let lookups = paced_loop(
-            self.args.load(2),
-            Duration::from_millis(10),
-            &self.users_cpu,
-            per_call(
-                (self.clients.clone(), self.seeded.clone()),
-                |(clients, seeded), worker, _| async move {
-                    let id = seeded.any_user().0.clone();
-                    clients
-                        .users(worker)
-                        .get_user(clients.request(users_pb::GetUserRequest { id }))
-                        .await
-                        .map(drop)
-                },
-            ),
-        )
-        .await;
+        let lookups = self.get_user_at_a_steady_pace().await;
         let background = background.await?;
         let usage_under_logins = sampler.finish().await;
         self.users_mib_at_login_load = Some(usage_under_logins[0].max_rss_mib);
@@ -633,6 +617,28 @@ impl Bench {
         });
     }
 
+    /// GetUser from two callers, a call each per 10 ms, for its p99 beside
+    /// whatever load runs meanwhile.
+    async fn get_user_at_a_steady_pace(&self) -> Measured {
+        paced_loop(
+            self.args.load(2),
+            Duration::from_millis(10),
+            &self.users_cpu,
+            per_call(
+                (self.clients.clone(), self.seeded.clone()),
+                |(clients, seeded), worker, _| async move {
+                    let id = seeded.any_user().0.clone();
+                    clients
+                        .users(worker)
+                        .get_user(clients.request(users_pb::GetUserRequest { id }))
+                        .await
+                        .map(drop)
+                },
+            ),
+        )
+        .await
+    }
+
     /// Authenticate from more clients than the hashing queue admits, each a
     /// well-behaved client that waits as a refusal's RetryInfo asks; GetUser
     /// at a steady pace beside it.
@@ -679,23 +685,7 @@ impl Bench {
             let users_cpu = self.users_cpu.clone();
             tokio::spawn(async move { closed_loop(load, &users_cpu, login).await })
         };
-        let lookups = paced_loop(
-            self.args.load(2),
-            Duration::from_millis(10),
-            &self.users_cpu,
-            per_call(
-                (self.clients.clone(), self.seeded.clone()),
-                |(clients, seeded), worker, _| async move {
-                    let id = seeded.any_user().0.clone();
-                    clients
-                        .users(worker)
-                        .get_user(clients.request(users_pb::GetUserRequest { id }))
-                        .await
-                        .map(drop)
-                },
-            ),
-        )
-        .await;
+        let lookups = self.get_user_at_a_steady_pace().await;
         let logins = background.await?;
         self.record_usage("Authenticate, overloaded + GetUser", sampler)
             .await;

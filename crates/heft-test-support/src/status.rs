@@ -39,3 +39,15 @@ pub fn reason(status: &Status) -> String {
         .reason
         .clone()
 }
+
+/// Asserts that `request`, a method's largest valid request, fits the
+/// message limit its type declares (`heft_proto::codec::WireLimits`).
+pub fn assert_fits_its_limit<M: prost::Message + heft_proto::codec::WireLimits>(request: &M) {
+    let len = request.encoded_len();
+    eprintln!(
+        "{}: largest valid {len} bytes, limit {}",
+        std::any::type_name::<M>(),
+        M::MAX_BYTES
+    );
+    assert!(len <= M::MAX_BYTES, "{len} bytes > {}", M::MAX_BYTES);
+}

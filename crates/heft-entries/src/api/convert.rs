@@ -314,8 +314,8 @@ fn uuid_string(id: uuid::Uuid) -> String {
 
 #[cfg(test)]
 mod tests {
-    use heft_proto::codec::{MAX_MASK_PATH_BYTES, MAX_MASK_PATHS, WireLimits};
-    use prost::Message;
+    use heft_proto::codec::{MAX_MASK_PATH_BYTES, MAX_MASK_PATHS};
+    use heft_test_support::status::assert_fits_its_limit;
 
     use super::*;
 
@@ -343,19 +343,9 @@ mod tests {
         })
     }
 
-    fn fits<M: Message + WireLimits>(request: &M) {
-        let len = request.encoded_len();
-        eprintln!(
-            "{}: largest valid {len} bytes, limit {}",
-            std::any::type_name::<M>(),
-            M::MAX_BYTES
-        );
-        assert!(len <= M::MAX_BYTES, "{len} bytes > {}", M::MAX_BYTES);
-    }
-
     #[test]
     fn the_largest_valid_requests_fit_their_limits() {
-        fits(&pb::CreateEntryRequest {
+        assert_fits_its_limit(&pb::CreateEntryRequest {
             user_id: id(),
             weight: weight(),
             recorded_on: date(),
@@ -366,7 +356,7 @@ mod tests {
             seconds: i64::MAX,
             nanos: i32::MAX,
         };
-        fits(&pb::UpdateEntryRequest {
+        assert_fits_its_limit(&pb::UpdateEntryRequest {
             entry: Some(pb::Entry {
                 id: id(),
                 user_id: id(),
@@ -380,7 +370,7 @@ mod tests {
                 paths: vec!["x".repeat(MAX_MASK_PATH_BYTES); MAX_MASK_PATHS],
             }),
         });
-        fits(&pb::BatchCreateEntriesRequest {
+        assert_fits_its_limit(&pb::BatchCreateEntriesRequest {
             user_id: id(),
             entries: vec![
                 pb::NewEntry {
@@ -391,7 +381,7 @@ mod tests {
                 MAX_BATCH_ENTRIES
             ],
         });
-        fits(&pb::ListEntriesRequest {
+        assert_fits_its_limit(&pb::ListEntriesRequest {
             user_id: id(),
             start_date: date(),
             end_date: date(),
@@ -400,17 +390,17 @@ mod tests {
             unit: i32::MIN,
             ..Default::default()
         });
-        fits(&pb::GetEntryRequest {
+        assert_fits_its_limit(&pb::GetEntryRequest {
             id: id(),
             unit: i32::MIN,
         });
-        fits(&pb::SummarizeEntriesRequest {
+        assert_fits_its_limit(&pb::SummarizeEntriesRequest {
             user_id: id(),
             start_date: date(),
             end_date: date(),
             unit: i32::MIN,
         });
-        fits(&pb::DeleteEntryRequest { id: id() });
-        fits(&pb::PurgeUserEntriesRequest { user_id: id() });
+        assert_fits_its_limit(&pb::DeleteEntryRequest { id: id() });
+        assert_fits_its_limit(&pb::PurgeUserEntriesRequest { user_id: id() });
     }
 }

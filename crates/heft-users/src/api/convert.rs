@@ -177,8 +177,7 @@ pub fn token_key_to_proto(key: &TokenPublicKey) -> pb::TokenKey {
 
 #[cfg(test)]
 mod tests {
-    use heft_proto::codec::WireLimits;
-    use prost::Message;
+    use heft_test_support::status::assert_fits_its_limit;
 
     use super::*;
     use crate::domain::{Email, Password, UserName};
@@ -192,19 +191,9 @@ mod tests {
         uuid::Uuid::new_v4().to_string()
     }
 
-    fn fits<M: Message + WireLimits>(request: &M) {
-        let len = request.encoded_len();
-        eprintln!(
-            "{}: largest valid {len} bytes, limit {}",
-            std::any::type_name::<M>(),
-            M::MAX_BYTES
-        );
-        assert!(len <= M::MAX_BYTES, "{len} bytes > {}", M::MAX_BYTES);
-    }
-
     #[test]
     fn the_largest_valid_requests_fit_their_limits() {
-        fits(&pb::CreateUserRequest {
+        assert_fits_its_limit(&pb::CreateUserRequest {
             email: longest(Email::MAX_CHARS),
             name: longest(UserName::MAX_CHARS),
             password: longest(Password::MAX_CHARS),
@@ -214,7 +203,7 @@ mod tests {
             seconds: i64::MAX,
             nanos: i32::MAX,
         };
-        fits(&pb::UpdateUserRequest {
+        assert_fits_its_limit(&pb::UpdateUserRequest {
             user: Some(pb::User {
                 id: id(),
                 email: longest(Email::MAX_CHARS),
@@ -230,27 +219,27 @@ mod tests {
                 ],
             }),
         });
-        fits(&pb::ChangePasswordRequest {
+        assert_fits_its_limit(&pb::ChangePasswordRequest {
             id: id(),
             current_password: longest(Password::MAX_CHARS),
             new_password: longest(Password::MAX_CHARS),
         });
-        fits(&pb::AuthenticateRequest {
+        assert_fits_its_limit(&pb::AuthenticateRequest {
             email: longest(Email::MAX_CHARS),
             password: longest(Password::MAX_CHARS),
         });
         let page_token = "x".repeat(heft_service::pagination::MAX_TOKEN_LEN);
-        fits(&pb::ListUsersRequest {
+        assert_fits_its_limit(&pb::ListUsersRequest {
             page_size: i32::MIN,
             page_token: page_token.clone(),
         });
-        fits(&pb::ListPurgeJobsRequest {
+        assert_fits_its_limit(&pb::ListPurgeJobsRequest {
             state: i32::MIN,
             page_size: i32::MIN,
             page_token,
         });
-        fits(&pb::GetUserRequest { id: id() });
-        fits(&pb::DeleteUserRequest { id: id() });
-        fits(&pb::GetPurgeJobRequest { user_id: id() });
+        assert_fits_its_limit(&pb::GetUserRequest { id: id() });
+        assert_fits_its_limit(&pb::DeleteUserRequest { id: id() });
+        assert_fits_its_limit(&pb::GetPurgeJobRequest { user_id: id() });
     }
 }
