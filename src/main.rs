@@ -50,15 +50,14 @@ async fn main() -> ExitCode {
     }
 }
 
-fn init_logging(common: &heft_service::config::CommonArgs) -> anyhow::Result<()> {
-    heft_service::telemetry::init(&common.log, common.log_format)
-}
-
 /// Both services, each configured from the environment alone.
 async fn run_both() -> anyhow::Result<()> {
     let users = heft_users::Cli::try_parse_from(["heft-users"])?.config;
     let entries = heft_entries::Cli::try_parse_from(["heft-entries"])?.config;
-    init_logging(&users.common)?;
+    // One process, one exporter: its spans say which service served them.
+    let telemetry =
+        heft_service::telemetry::init(&users.common.log, users.common.log_format, "heft")?;
+    let grace = users.common.shutdown_grace();
 
     let users_listener = TcpListener::bind(users.listen).await?;
     let entries_listener = TcpListener::bind(entries.listen).await?;
@@ -88,5 +87,6 @@ async fn run_both() -> anyhow::Result<()> {
     };
     let _ = stop.send(true);
     let second = other.await;
+    telemetry.shutdown(grace).await;
     first?.and(second?)
 }

@@ -134,13 +134,20 @@ pub async fn main(cli: Cli) -> std::process::ExitCode {
     let config = cli.config;
     match cli.command {
         Some(Command::AuditOrphans(args)) => {
-            if let Err(error) =
-                heft_service::telemetry::init(&config.common.log, config.common.log_format)
-            {
-                eprintln!("{error:#}");
-                return ExitCode::from(2);
-            }
-            match audit::run(&config, &args, &mut std::io::stdout()).await {
+            let telemetry = match heft_service::telemetry::init(
+                &config.common.log,
+                config.common.log_format,
+                "heft-entries",
+            ) {
+                Ok(telemetry) => telemetry,
+                Err(error) => {
+                    eprintln!("{error:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let audited = audit::run(&config, &args, &mut std::io::stdout()).await;
+            telemetry.shutdown(config.common.shutdown_grace()).await;
+            match audited {
                 Ok(audit::AuditOutcome::Clean) => ExitCode::SUCCESS,
                 Ok(audit::AuditOutcome::Orphans) => ExitCode::from(1),
                 Ok(audit::AuditOutcome::PurgeRefused) => ExitCode::from(2),

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use heft_proto::users::v1::{GetUserRequest, user_service_client::UserServiceClient};
+use heft_proto::users::v1::{
+    GetUserRequest, user_service_client::UserServiceClient, user_service_server::SERVICE_NAME,
+};
 use heft_service::{
     ErrorCode, RequestId,
     client::InternalCredentials,
@@ -88,14 +90,20 @@ impl UsersClient {
         user_id: UserId,
         request_id: Option<&RequestId>,
     ) -> Result<(), UsersError> {
-        let request = self.credentials.request(
-            GetUserRequest {
-                id: user_id.to_string(),
-            },
-            request_id,
-            LOOKUP_DEADLINE,
-        );
-        let Err(status) = self.client.clone().get_user(request).await else {
+        let mut client = self.client.clone();
+        let answer = self
+            .credentials
+            .call(
+                (SERVICE_NAME, "GetUser"),
+                GetUserRequest {
+                    id: user_id.to_string(),
+                },
+                request_id,
+                LOOKUP_DEADLINE,
+                |request| async move { client.get_user(request).await },
+            )
+            .await;
+        let Err(status) = answer else {
             return Ok(());
         };
         let described = peer::describe(&status);

@@ -1,17 +1,21 @@
 //! The client side of heft: channels to the other service, the credentials
 //! and request id its calls carry, and the health check a container runs.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tonic::{
     metadata::{AsciiMetadataValue, MetadataValue},
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
+use tracing::Instrument;
+
 use crate::{
     auth::Secret,
     config::CommonArgs,
+    peer,
     rpc_layer::{REQUEST_ID_HEADER, RequestId},
+    trace,
 };
 
 /// The channel to the other service at `url` (named by the setting
@@ -43,7 +47,7 @@ pub fn channel(
     Ok(endpoint.connect_lazy())
 }
 
-/// Credentials and tracing context for calls from one heft service to the other.
+/// Credentials, request id and trace context of calls from one heft service to the other.
 #[derive(Clone)]
 pub struct InternalCredentials {
     authorization: Option<AsciiMetadataValue>,
@@ -71,9 +75,38 @@ impl InternalCredentials {
         Ok(Self { authorization })
     }
 
+    /// Calls `method` of `service` on the other service with `send` (the
+    /// generated client's method): `message` with the internal token, the
+    /// request id being followed, a deadline and the trace context, inside
+    /// a client span that records the answer's code.
+    pub async fn call<T, R, Fut>(
+        &self,
+        (service, method): (&str, &str),
+        message: T,
+        request_id: Option<&RequestId>,
+        deadline: Duration,
+        send: impl FnOnce(tonic::Request<T>) -> Fut,
+    ) -> Result<R, tonic::Status>
+    where
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let span = trace::client_span(service, method);
+        let mut request = self.request(message, request_id, deadline);
+        trace::inject(&span, request.metadata_mut());
+        let answer = send(request).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            let (code, reason) = match &answer {
+                Ok(_) => (tonic::Code::Ok, None),
+                Err(status) => (status.code(), peer::reason(status)),
+            };
+            trace::record_outcome(&span, code, reason.as_deref(), true);
+        }
+        answer.map(tonic::Response::into_inner)
+    }
+
     /// Wraps `message` with the internal token, the request id being
     /// followed, and a deadline.
-    pub fn request<T>(
+    fn request<T>(
         &self,
         message: T,
         request_id: Option<&RequestId>,

@@ -495,17 +495,22 @@ where
             }
         };
     }
-    if let Err(error) = crate::telemetry::init(&common.log, common.log_format) {
-        eprintln!("{error:#}");
-        return ExitCode::FAILURE;
-    }
-    match run(listen, serve).await {
+    let telemetry = match crate::telemetry::init(&common.log, common.log_format, binary) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("{error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let exit = match run(listen, serve).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "{binary} failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown(common.shutdown_grace()).await;
+    exit
 }
 
 /// The exit of a subcommand that runs and ends (`credentials new`).

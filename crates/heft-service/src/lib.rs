@@ -19,6 +19,7 @@ pub mod recent;
 pub mod rpc_layer;
 pub mod telemetry;
 pub mod time;
+pub mod trace;
 pub mod units;
 pub mod user_token;
 

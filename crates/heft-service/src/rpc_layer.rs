@@ -1,5 +1,6 @@
 //! A tower layer around every gRPC call: request id, authentication and the
-//! method's access rule, a tracing span naming the caller, and one log line
+//! method's access rule, a tracing span naming the caller, the exported
+//! server span (a child of the caller's `traceparent`), and one log line
 //! and the request metrics when the call ends.
 
 use std::{
@@ -154,10 +155,14 @@ where
             request_id = %request_id.0,
             caller = tracing::field::Empty
         );
+        let server_span = crate::trace::server_span(method, request.headers(), &request_id.0);
         let response_id = HeaderValue::from_str(&request_id.0).ok();
         request.extensions_mut().insert(request_id);
         let metrics = self.metrics.clone();
         let gate = self.gate.clone();
+        // Entered first: inside the call, the current span is the log's,
+        // and the current trace context the exporter's.
+        let span_for_exporter = server_span.clone();
 
         Box::pin(
             async move {
@@ -197,6 +202,7 @@ where
                 let elapsed = started.elapsed();
                 let code = tonic::Code::from_i32(grpc_status);
                 metrics.record_rpc(uri.path(), caller_name, code, elapsed);
+                record_outcome(&server_span, code, response.headers());
                 if refused {
                     // Counted in the metrics; at info, anyone could flood the log.
                     tracing::debug!(grpc_code = ?code, "rpc refused");
@@ -209,7 +215,22 @@ where
                 }
                 Ok(response)
             }
-            .instrument(span),
+            .instrument(span)
+            .instrument(span_for_exporter),
         )
     }
+}
+
+/// The code and AIP-193 reason of an answer, on the call's exported span.
+fn record_outcome(span: &tracing::Span, code: tonic::Code, headers: &http::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
+    let reason = match code {
+        tonic::Code::Ok => None,
+        _ => {
+            tonic::Status::from_header_map(headers).and_then(|status| crate::peer::reason(&status))
+        }
+    };
+    crate::trace::record_outcome(span, code, reason.as_deref(), false);
 }

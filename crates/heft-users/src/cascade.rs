@@ -16,7 +16,8 @@
 use std::{sync::Arc, time::Duration};
 
 use heft_proto::entries::v1::{
-    PurgeUserEntriesRequest, entry_service_client::EntryServiceClient, reason::PURGE_INCOMPLETE,
+    PurgeUserEntriesRequest, entry_service_client::EntryServiceClient,
+    entry_service_server::SERVICE_NAME, reason::PURGE_INCOMPLETE,
 };
 use heft_service::{
     RequestId,
@@ -113,6 +114,7 @@ impl Cascade {
             id: Uuid::now_v7(),
             user_id,
             request_id: request_id.map(|id| id.0.clone()),
+            traceparent: heft_service::trace::current_traceparent(),
             attempts: 1,
         };
         self.store.delete_user(user_id, &job, self.lease()).await?;
@@ -122,38 +124,36 @@ impl Cascade {
         // delivery still finishes and settles the job.
         let cascade = self.clone();
         let deadline = Duration::from_millis(self.args.purge_immediate_timeout_ms);
-        let delivery = tokio::spawn(
-            async move {
-                let delivery = cascade.deliver(&job, deadline).await;
-                let outcome = match &delivery {
-                    Ok(count) => PurgeOutcome::Purged {
-                        deleted_entries: *count,
-                    },
-                    _ => PurgeOutcome::Pending,
-                };
-                cascade.settle(&job, delivery).await;
-                outcome
-            }
-            .in_current_span(),
-        );
+        let delivery = tokio::spawn(heft_service::trace::in_current_trace(async move {
+            let delivery = cascade.deliver(&job, deadline).await;
+            let outcome = match &delivery {
+                Ok(count) => PurgeOutcome::Purged {
+                    deleted_entries: *count,
+                },
+                _ => PurgeOutcome::Pending,
+            };
+            cascade.settle(&job, delivery).await;
+            outcome
+        }));
         Ok(delivery.await.unwrap_or(PurgeOutcome::Pending))
     }
 
     async fn deliver(&self, job: &PurgeJob, deadline: Duration) -> Delivery {
         let request_id = job.request_id.clone().map(RequestId);
-        let request = self.credentials.request(
-            PurgeUserEntriesRequest {
-                user_id: job.user_id.to_string(),
-            },
-            request_id.as_ref(),
-            deadline,
-        );
         // A clone of the client is a handle on the same connection.
-        self.entries
-            .clone()
-            .purge_user_entries(request)
+        let mut entries = self.entries.clone();
+        self.credentials
+            .call(
+                (SERVICE_NAME, "PurgeUserEntries"),
+                PurgeUserEntriesRequest {
+                    user_id: job.user_id.to_string(),
+                },
+                request_id.as_ref(),
+                deadline,
+                |request| async move { entries.purge_user_entries(request).await },
+            )
             .await
-            .map(|response| response.into_inner().total_deleted_count)
+            .map(|response| response.total_deleted_count)
     }
 
     fn delivery_timeout(&self) -> Duration {
@@ -271,11 +271,18 @@ impl Cascade {
                     "purge",
                     request_id = job.request_id.as_deref().unwrap_or("")
                 );
+                // A trace of its own, linked to the DeleteUser that recorded the job.
+                let delivery_span = heft_service::trace::outbox_delivery_span(
+                    job.traceparent.as_deref(),
+                    &job.user_id,
+                    &job.id,
+                );
                 async move {
                     let delivery = self.deliver(job, self.delivery_timeout()).await;
                     self.settle(job, delivery).await;
                 }
                 .instrument(span)
+                .instrument(delivery_span)
             }))
             .await;
             if claimed < BATCH as usize {

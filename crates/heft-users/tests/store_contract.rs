@@ -41,9 +41,12 @@ fn job_for(user_id: UserId) -> PurgeJob {
         id: Uuid::now_v7(),
         user_id,
         request_id: Some("req-1".to_owned()),
+        traceparent: Some(TRACEPARENT.to_owned()),
         attempts: 1,
     }
 }
+
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 /// A new user, deleted at once, and its purge job: with no lease, due right
 /// away, as after a failed first delivery.
@@ -377,11 +380,9 @@ async fn purge_jobs_are_claimed_once_and_settled(db: TestDatabase) {
         "every job claimed exactly once: {claimed:?}"
     );
     assert_eq!(ids, jobs);
-    assert!(
-        claimed
-            .iter()
-            .all(|j| j.attempts == 2 && j.request_id.as_deref() == Some("req-1"))
-    );
+    assert!(claimed.iter().all(|j| j.attempts == 2
+        && j.request_id.as_deref() == Some("req-1")
+        && j.traceparent.as_deref() == Some(TRACEPARENT)));
     assert!(
         store
             .claim_due_purge_jobs(short_lease, 10)

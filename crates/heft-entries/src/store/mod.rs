@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
+use heft_service::trace::Traced;
 use heft_service::{
     ErrorCode,
     db::{Database, DbError, Migrations, Timestamp},
@@ -32,8 +32,13 @@ pub static MIGRATIONS: Migrations = Migrations {
 /// The store on an open database.
 pub fn on(database: &Database) -> Arc<dyn EntryStore> {
     match database {
-        Database::Postgres(pool) => Arc::new(PostgresEntryStore::new(pool.clone())),
-        Database::Sqlite(pool) => Arc::new(SqliteEntryStore::new(pool.clone())),
+        Database::Postgres(pool) => Arc::new(Traced::new(
+            PostgresEntryStore::new(pool.clone()),
+            "postgresql",
+        )),
+        Database::Sqlite(pool) => {
+            Arc::new(Traced::new(SqliteEntryStore::new(pool.clone()), "sqlite"))
+        }
     }
 }
 
@@ -164,55 +169,57 @@ pub struct BatchDeleted {
     pub complete: bool,
 }
 
-#[async_trait]
-pub trait EntryStore: Send + Sync + 'static {
-    /// Inserts `entry` unless its user is purged (`UserPurged`). With a
-    /// `request_id` already used for this user, returns the entry that
-    /// request created instead of inserting another.
-    ///
-    /// The purge check and the insert are serialised against
-    /// [`EntryStore::purge_user`] for the same user: an entry racing a purge
-    /// is either refused or deleted by it, never left behind.
-    async fn create_entry(
-        &self,
-        entry: &Entry,
-        request_id: Option<IdempotencyKey>,
-    ) -> StoreResult<Entry>;
+// Every store operation is also a span for the trace exporter.
+heft_service::traced_store_trait! {
+    pub trait EntryStore {
+        /// Inserts `entry` unless its user is purged (`UserPurged`). With a
+        /// `request_id` already used for this user, returns the entry that
+        /// request created instead of inserting another.
+        ///
+        /// The purge check and the insert are serialised against
+        /// [`EntryStore::purge_user`] for the same user: an entry racing a purge
+        /// is either refused or deleted by it, never left behind.
+        async fn create_entry(
+            &self,
+            entry: &Entry,
+            request_id: Option<IdempotencyKey>,
+        ) -> StoreResult<Entry>;
 
-    /// Inserts all of `entries` (one user's) or none.
-    async fn create_entries(&self, user_id: UserId, entries: &[Entry]) -> StoreResult<()>;
+        /// Inserts all of `entries` (one user's) or none.
+        async fn create_entries(&self, user_id: UserId, entries: &[Entry]) -> StoreResult<()>;
 
-    async fn get_entry(&self, id: EntryId) -> StoreResult<Entry>;
+        async fn get_entry(&self, id: EntryId) -> StoreResult<Entry>;
 
-    /// One page of a user's entries in the query's order, after its cursor.
-    async fn list_entries(&self, query: &ListQuery) -> StoreResult<Vec<Entry>>;
+        /// One page of a user's entries in the query's order, after its cursor.
+        async fn list_entries(&self, query: &ListQuery) -> StoreResult<Vec<Entry>>;
 
-    async fn update_entry(
-        &self,
-        id: EntryId,
-        patch: &EntryPatch,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Entry>;
+        async fn update_entry(
+            &self,
+            id: EntryId,
+            patch: &EntryPatch,
+            now: DateTime<Utc>,
+        ) -> StoreResult<Entry>;
 
-    async fn delete_entry(&self, id: EntryId) -> StoreResult<()>;
+        async fn delete_entry(&self, id: EntryId) -> StoreResult<()>;
 
-    /// Commits a tombstone that refuses new entries for the user from now
-    /// on: it waits for the creates in flight for that user, and every
-    /// later create sees it. Idempotent. The first step of a purge.
-    async fn leave_tombstone(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<()>;
+        /// Commits a tombstone that refuses new entries for the user from now
+        /// on: it waits for the creates in flight for that user, and every
+        /// later create sees it. Idempotent. The first step of a purge.
+        async fn leave_tombstone(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<()>;
 
-    /// Deletes up to `limit` entries of a tombstoned user in one committed
-    /// transaction, adding them to the tombstone's running total; when no
-    /// more than `limit` are left, all of them, and says the purge is complete.
-    async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted>;
+        /// Deletes up to `limit` entries of a tombstoned user in one committed
+        /// transaction, adding them to the tombstone's running total; when no
+        /// more than `limit` are left, all of them, and says the purge is complete.
+        async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted>;
 
-    async fn is_purged(&self, user_id: UserId) -> StoreResult<bool>;
+        async fn is_purged(&self, user_id: UserId) -> StoreResult<bool>;
 
-    /// Owners of entries after `after`, in id order, with their entry
-    /// counts: one page of the orphan audit.
-    async fn entry_owners(
-        &self,
-        after: Option<UserId>,
-        limit: u32,
-    ) -> StoreResult<Vec<(UserId, u64)>>;
+        /// Owners of entries after `after`, in id order, with their entry
+        /// counts: one page of the orphan audit.
+        async fn entry_owners(
+            &self,
+            after: Option<UserId>,
+            limit: u32,
+        ) -> StoreResult<Vec<(UserId, u64)>>;
+    }
 }

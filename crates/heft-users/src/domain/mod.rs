@@ -207,6 +207,9 @@ pub struct PurgeJob {
     pub user_id: UserId,
     /// The request id of the DeleteUser call, passed on to every delivery.
     pub request_id: Option<String>,
+    /// The W3C `traceparent` of the DeleteUser call's span: a redelivery's
+    /// trace links to it.
+    pub traceparent: Option<String>,
     /// Deliveries started so far, this one included.
     pub attempts: i32,
 }

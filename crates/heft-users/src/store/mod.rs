@@ -2,8 +2,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use heft_service::trace::Traced;
 use heft_service::{
     ErrorCode,
     db::{Database, DbError, Migrations, Timestamp},
@@ -33,8 +33,13 @@ pub static MIGRATIONS: Migrations = Migrations {
 /// The store on an open database.
 pub fn on(database: &Database) -> Arc<dyn UserStore> {
     match database {
-        Database::Postgres(pool) => Arc::new(PostgresUserStore::new(pool.clone())),
-        Database::Sqlite(pool) => Arc::new(SqliteUserStore::new(pool.clone())),
+        Database::Postgres(pool) => Arc::new(Traced::new(
+            PostgresUserStore::new(pool.clone()),
+            "postgresql",
+        )),
+        Database::Sqlite(pool) => {
+            Arc::new(Traced::new(SqliteUserStore::new(pool.clone()), "sqlite"))
+        }
     }
 }
 
@@ -151,12 +156,13 @@ impl TryFrom<CredentialsRow> for Credentials {
     }
 }
 
-/// A claimed job: `id, user_id, request_id, attempts`.
+/// A claimed job: `id, user_id, request_id, traceparent, attempts`.
 #[derive(sqlx::FromRow)]
 struct JobRow {
     id: Uuid,
     user_id: Uuid,
     request_id: Option<String>,
+    traceparent: Option<String>,
     attempts: i32,
 }
 
@@ -166,6 +172,7 @@ impl From<JobRow> for PurgeJob {
             id: row.id,
             user_id: UserId(row.user_id),
             request_id: row.request_id,
+            traceparent: row.traceparent,
             attempts: row.attempts,
         }
     }
@@ -260,92 +267,94 @@ fn parse_state_column(value: &str) -> StoreResult<PurgeState> {
     }
 }
 
-#[async_trait]
-pub trait UserStore: Send + Sync + 'static {
-    /// `EmailTaken` if another user has the email.
-    async fn create_user(&self, user: &Credentials) -> StoreResult<()>;
+// Every store operation is also a span for the trace exporter.
+heft_service::traced_store_trait! {
+    pub trait UserStore {
+        /// `EmailTaken` if another user has the email.
+        async fn create_user(&self, user: &Credentials) -> StoreResult<()>;
 
-    async fn get_user(&self, id: UserId) -> StoreResult<User>;
+        async fn get_user(&self, id: UserId) -> StoreResult<User>;
 
-    /// Users in id order (creation order), after `after` when given.
-    async fn list_users(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>>;
+        /// Users in id order (creation order), after `after` when given.
+        async fn list_users(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>>;
 
-    /// Applies `patch` and sets `update_time`; returns the updated user.
-    async fn update_user(
-        &self,
-        id: UserId,
-        patch: &UserPatch,
-        now: DateTime<Utc>,
-    ) -> StoreResult<User>;
+        /// Applies `patch` and sets `update_time`; returns the updated user.
+        async fn update_user(
+            &self,
+            id: UserId,
+            patch: &UserPatch,
+            now: DateTime<Utc>,
+        ) -> StoreResult<User>;
 
-    async fn find_credentials(&self, email: &Email) -> StoreResult<Option<Credentials>>;
+        async fn find_credentials(&self, email: &Email) -> StoreResult<Option<Credentials>>;
 
-    /// The user with the stored hash, by id.
-    async fn credentials(&self, id: UserId) -> StoreResult<Credentials>;
+        /// The user with the stored hash, by id.
+        async fn credentials(&self, id: UserId) -> StoreResult<Credentials>;
 
-    /// Replaces the hash only if it is still `expected` (compare-and-swap),
-    /// so that a re-hash or change based on a password checked a moment ago
-    /// never overwrites a newer password. False when the hash had changed.
-    async fn replace_password_hash(&self, change: &HashReplacement<'_>) -> StoreResult<bool>;
+        /// Replaces the hash only if it is still `expected` (compare-and-swap),
+        /// so that a re-hash or change based on a password checked a moment ago
+        /// never overwrites a newer password. False when the hash had changed.
+        async fn replace_password_hash(&self, change: &HashReplacement<'_>) -> StoreResult<bool>;
 
-    /// When the user's password last changed (None: never since sign-up);
-    /// `NotFound` when there is no such user.
-    async fn password_change_time(&self, id: UserId) -> StoreResult<Option<DateTime<Utc>>>;
+        /// When the user's password last changed (None: never since sign-up);
+        /// `NotFound` when there is no such user.
+        async fn password_change_time(&self, id: UserId) -> StoreResult<Option<DateTime<Utc>>>;
 
-    /// The keys that sign user tokens, newest first.
-    async fn token_keys(&self) -> StoreResult<Vec<StoredTokenKey>>;
+        /// The keys that sign user tokens, newest first.
+        async fn token_keys(&self) -> StoreResult<Vec<StoredTokenKey>>;
 
-    async fn add_token_key(&self, key: &TokenSigningKey, now: DateTime<Utc>) -> StoreResult<()>;
+        async fn add_token_key(&self, key: &TokenSigningKey, now: DateTime<Utc>) -> StoreResult<()>;
 
-    /// Atomically takes one login attempt for the account, counted as a
-    /// failure until [`UserStore::clear_login_failures`]; refused when the
-    /// window already holds `throttle.max_failures`. Windows are timed by
-    /// the database's clock, so replicas whose clocks disagree share them.
-    async fn begin_login_attempt(
-        &self,
-        key: &ThrottleKey,
-        throttle: LoginThrottle,
-    ) -> StoreResult<LoginAttempt>;
+        /// Atomically takes one login attempt for the account, counted as a
+        /// failure until [`UserStore::clear_login_failures`]; refused when the
+        /// window already holds `throttle.max_failures`. Windows are timed by
+        /// the database's clock, so replicas whose clocks disagree share them.
+        async fn begin_login_attempt(
+            &self,
+            key: &ThrottleKey,
+            throttle: LoginThrottle,
+        ) -> StoreResult<LoginAttempt>;
 
-    async fn clear_login_failures(&self, key: &ThrottleKey) -> StoreResult<()>;
+        async fn clear_login_failures(&self, key: &ThrottleKey) -> StoreResult<()>;
 
-    /// Gives back one attempt taken by [`UserStore::begin_login_attempt`]
-    /// whose password was never checked (hashing busy, an error, the call
-    /// gone): only a checked, wrong password counts.
-    async fn refund_login_attempt(&self, key: &ThrottleKey) -> StoreResult<()>;
+        /// Gives back one attempt taken by [`UserStore::begin_login_attempt`]
+        /// whose password was never checked (hashing busy, an error, the call
+        /// gone): only a checked, wrong password counts.
+        async fn refund_login_attempt(&self, key: &ThrottleKey) -> StoreResult<()>;
 
-    /// Removes up to `limit` throttle rows whose window of length `window`
-    /// is over by the database's clock (they no longer limit anything); how many.
-    async fn remove_expired_login_throttles(
-        &self,
-        window: chrono::Duration,
-        limit: u32,
-    ) -> StoreResult<u64>;
+        /// Removes up to `limit` throttle rows whose window of length `window`
+        /// is over by the database's clock (they no longer limit anything); how many.
+        async fn remove_expired_login_throttles(
+            &self,
+            window: chrono::Duration,
+            limit: u32,
+        ) -> StoreResult<u64>;
 
-    /// Deletes the user and records `job` in the purge outbox, in one
-    /// transaction. The job is claimed by the caller for `lease`.
-    ///
-    /// Outbox times come from the database's clock, so that replicas whose
-    /// clocks disagree still agree on every lease.
-    async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()>;
+        /// Deletes the user and records `job` in the purge outbox, in one
+        /// transaction. The job is claimed by the caller for `lease`.
+        ///
+        /// Outbox times come from the database's clock, so that replicas whose
+        /// clocks disagree still agree on every lease.
+        async fn delete_user(&self, id: UserId, job: &PurgeJob, lease: Duration) -> StoreResult<()>;
 
-    /// Claims up to `limit` pending jobs that are due, so that no other
-    /// dispatcher (on any replica) takes them during `lease`.
-    async fn claim_due_purge_jobs(&self, lease: Duration, limit: u32)
-    -> StoreResult<Vec<PurgeJob>>;
+        /// Claims up to `limit` pending jobs that are due, so that no other
+        /// dispatcher (on any replica) takes them during `lease`.
+        async fn claim_due_purge_jobs(&self, lease: Duration, limit: u32)
+        -> StoreResult<Vec<PurgeJob>>;
 
-    /// Marks a job purged with the entries service's total for the user.
-    async fn complete_purge_job(&self, job_id: Uuid, purged_entry_count: i64) -> StoreResult<()>;
+        /// Marks a job purged with the entries service's total for the user.
+        async fn complete_purge_job(&self, job_id: Uuid, purged_entry_count: i64) -> StoreResult<()>;
 
-    /// Puts a claimed job back, due again after `delay`. Every failure ends
-    /// here: a job is never given up on.
-    async fn retry_purge_job(&self, job_id: Uuid, delay: Duration, error: &str) -> StoreResult<()>;
+        /// Puts a claimed job back, due again after `delay`. Every failure ends
+        /// here: a job is never given up on.
+        async fn retry_purge_job(&self, job_id: Uuid, delay: Duration, error: &str) -> StoreResult<()>;
 
-    /// The latest deletion record of a user; `PurgeJobNotFound` if none.
-    async fn purge_record(&self, user_id: UserId) -> StoreResult<PurgeRecord>;
+        /// The latest deletion record of a user; `PurgeJobNotFound` if none.
+        async fn purge_record(&self, user_id: UserId) -> StoreResult<PurgeRecord>;
 
-    /// Deletion records oldest first, after the query's cursor.
-    async fn list_purge_records(&self, query: &PurgeJobQuery) -> StoreResult<Vec<PurgeRecord>>;
+        /// Deletion records oldest first, after the query's cursor.
+        async fn list_purge_records(&self, query: &PurgeJobQuery) -> StoreResult<Vec<PurgeRecord>>;
 
-    async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats>;
+        async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats>;
+    }
 }

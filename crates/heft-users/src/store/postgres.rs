@@ -264,14 +264,15 @@ impl UserStore for PostgresUserStore {
             return Err(StoreError::NotFound);
         }
         sqlx::query(
-            "INSERT INTO purge_jobs (id, user_id, request_id, state, attempts, next_attempt_at, created_at)
-             VALUES ($1, $2, $3, 'pending', $4, now() + make_interval(secs => $5), now())",
+            "INSERT INTO purge_jobs (id, user_id, request_id, traceparent, state, attempts, next_attempt_at, created_at)
+             VALUES ($1, $2, $3, $6, 'pending', $4, now() + make_interval(secs => $5), now())",
         )
         .bind(job.id)
         .bind(job.user_id.0)
         .bind(job.request_id.as_deref())
         .bind(job.attempts)
         .bind(lease.as_secs_f64())
+        .bind(job.traceparent.as_deref())
         .execute(&mut *tx)
         .await?;
         Ok(tx.commit().await?)
@@ -295,7 +296,7 @@ impl UserStore for PostgresUserStore {
                 ORDER BY next_attempt_at
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED)
-             RETURNING id, user_id, request_id, attempts",
+             RETURNING id, user_id, request_id, traceparent, attempts",
         )
         .bind(lease.as_secs_f64())
         .bind(i64::from(limit))

@@ -275,8 +275,8 @@ impl UserStore for SqliteUserStore {
             return Err(StoreError::NotFound);
         }
         sqlx::query(
-            "INSERT INTO purge_jobs (id, user_id, request_id, state, attempts, next_attempt_at, created_at)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6)",
+            "INSERT INTO purge_jobs (id, user_id, request_id, traceparent, state, attempts, next_attempt_at, created_at)
+             VALUES ($1, $2, $3, $7, 'pending', $4, $5, $6)",
         )
         .bind(job.id)
         .bind(job.user_id.0)
@@ -284,6 +284,7 @@ impl UserStore for SqliteUserStore {
         .bind(job.attempts)
         .bind(later(now, lease))
         .bind(Timestamp(now))
+        .bind(job.traceparent.as_deref())
         .execute(&mut *tx)
         .await?;
         Ok(tx.commit().await?)
@@ -305,7 +306,7 @@ impl UserStore for SqliteUserStore {
                 WHERE state = 'pending' AND next_attempt_at <= $1
                 ORDER BY next_attempt_at
                 LIMIT $3)
-             RETURNING id, user_id, request_id, attempts",
+             RETURNING id, user_id, request_id, traceparent, attempts",
         )
         .bind(Timestamp(now))
         .bind(later(now, lease))
