@@ -47,6 +47,8 @@ pub struct ServiceSpec {
     pub extra_args: Vec<String>,
     /// Where `/metrics` is served.
     pub metrics: SocketAddr,
+    /// More environment variables (the process starts with none but these).
+    pub env: Vec<(String, String)>,
 }
 
 /// One running service process.
@@ -68,6 +70,7 @@ impl ServiceSpec {
             internal_token: Some(INTERNAL_TOKEN.to_owned()),
             extra_args: Vec::new(),
             metrics: free_port(),
+            env: Vec::new(),
         }
     }
 
@@ -132,6 +135,7 @@ impl ServiceSpec {
                 .env("HEFT_PURGE_POLL_MS", "100")
                 .env("HEFT_PURGE_IMMEDIATE_TIMEOUT_MS", "1000");
         }
+        command.envs(self.env.iter().map(|(name, value)| (name, value)));
         let mut child = command.spawn().expect("spawn heft");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");

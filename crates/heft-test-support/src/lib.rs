@@ -1,10 +1,11 @@
 //! Test harness pieces shared by heft's test suites: fresh databases
 //! ([`TestDatabase`], [`backend_tests!`]), the services started as their
 //! binaries start them ([`spawn`]), and assertions on the statuses they
-//! answer with ([`status`]).
+//! answer with ([`status`]), and an OTLP receiver for their traces ([`otlp`]).
 #![forbid(unsafe_code)]
 
 mod database;
+pub mod otlp;
 mod reflection;
 mod service;
 pub mod status;
