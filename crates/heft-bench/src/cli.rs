@@ -58,6 +58,8 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Phase {
     Get,
+    /// GetEntry with traces off, on with an always-off sampler, and exported.
+    Traces,
     /// GetEntry and CreateEntry with a scoped credential and a user token.
     Access,
     List,

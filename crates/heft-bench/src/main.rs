@@ -16,6 +16,7 @@ mod load;
 mod phases;
 mod report;
 mod sample;
+mod spans;
 mod stack;
 
 use anyhow::Context;

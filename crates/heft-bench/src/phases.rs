@@ -21,6 +21,7 @@ use crate::{
     load::{Call, CpuProbe, Measured, alternate, closed_loop, paced_loop, per_call},
     report::{CpuRow, Report, Row, mib, throughput},
     sample::{PASSWORD, kilograms, new_entry, recorded_on},
+    spans::SpanCounter,
     stack::{self, Sampler, Stack},
 };
 
@@ -105,6 +106,7 @@ impl Bench {
     pub async fn run(&mut self, phase: Phase) -> anyhow::Result<()> {
         match phase {
             Phase::Get => self.get().await,
+            Phase::Traces => self.traces().await,
             Phase::Access => self.access().await,
             Phase::List => self.list().await,
             Phase::ListFresh => self.list_fresh().await,
@@ -193,33 +195,66 @@ impl Bench {
         }
     }
 
-    /// GetEntry against SELECT by primary key.
-    async fn get(&mut self) -> anyhow::Result<()> {
-        eprintln!("phase: GetEntry");
-        let seeded = self.seeded.clone();
-        let get_through = move |clients: &Clients| {
-            per_call(
-                (clients.clone(), seeded.clone()),
-                |(clients, seeded), worker, _| async move {
-                    let id = seeded.any_entry().to_owned();
-                    clients
-                        .entries(worker)
-                        .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
-                        .await
-                        .map(drop)
-                },
-            )
-        };
-        let floor = per_call(
+    /// GetEntry's floor: the SELECT by primary key of any seeded entry.
+    fn select_by_id(&self) -> impl Call + Clone + use<> {
+        per_call(
             (self.floor.clone(), self.seeded.clone()),
             |(floor, seeded), worker, _| async move {
                 let id: Uuid = seeded.any_entry().parse()?;
                 select_directly(&floor, worker, id).await
             },
-        );
+        )
+    }
+
+    /// GetEntry against SELECT by primary key.
+    async fn get(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: GetEntry");
+        let seeded = self.seeded.clone();
+        let get_through = move |clients: &Clients| get_entry_through(clients, seeded.clone());
+        let floor = self.select_by_id();
         self.read_against_floor("GetEntry", "GetEntry", get_through, floor)
             .await;
         self.round_trip_alone().await
+    }
+
+    /// What traces cost: GetEntry against its floor through heft-entries
+    /// with no exporter (the stack's own), then through a heft-entries
+    /// with an endpoint and an always-off sampler, then through one
+    /// exporting every span to a receiver in this process.
+    async fn traces(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: GetEntry with traces");
+        let receiver = SpanCounter::start().await?;
+        let endpoint = || ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
+        let settings: [(&str, Vec<(&str, String)>); 3] = [
+            ("traces off (no endpoint)", Vec::new()),
+            (
+                "endpoint set, sampler always_off",
+                vec![endpoint(), ("OTEL_TRACES_SAMPLER", "always_off".into())],
+            ),
+            ("every span exported to a receiver", vec![endpoint()]),
+        ];
+        let load = self.args.load(self.args.concurrency);
+        for (label, env) in settings {
+            let server = self.stack.start_entries_with(&env).await?;
+            let clients = self
+                .clients
+                .of_bare(server.addr, self.args.connections)
+                .await?;
+            let (heft, floor) = alternate(
+                load,
+                &server.cpu_probe(),
+                get_entry_through(&clients, self.seeded.clone()),
+                self.select_by_id(),
+            )
+            .await;
+            let measure = format!("GetEntry, {label}");
+            self.report.ratio(&measure, &heft, &floor, "—", None);
+        }
+        self.report.details.push(format!(
+            "traces phase: the receiver was sent {} spans",
+            receiver.received()
+        ));
+        Ok(())
     }
 
     /// What the token check costs: GetEntry of one user's entries with the
@@ -829,6 +864,21 @@ impl Bench {
 
 /// How long a DELETE of `entries` rows of one user takes, the rows written
 /// just before in one statement.
+/// GetEntry of any seeded entry through `clients`.
+fn get_entry_through(clients: &Clients, seeded: Arc<Seeded>) -> impl Call + Clone + use<> {
+    per_call(
+        (clients.clone(), seeded),
+        |(clients, seeded), worker, _| async move {
+            let id = seeded.any_entry().to_owned();
+            clients
+                .entries(worker)
+                .get_entry(clients.request(entries_pb::GetEntryRequest { id, unit: 0 }))
+                .await
+                .map(drop)
+        },
+    )
+}
+
 /// GetEntry's floor: the SELECT by primary key, decoded as heft decodes it.
 async fn select_directly(floor: &FloorConnections, worker: usize, id: Uuid) -> anyhow::Result<()> {
     sqlx::query_as::<_, EntryRow>(

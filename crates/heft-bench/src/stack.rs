@@ -107,10 +107,16 @@ fn reader_credential(run: &str) -> anyhow::Result<(PathBuf, String)> {
     Ok((path, reader.token))
 }
 
-fn spawn(binary: &Path, credentials: &Path, args: &[(&str, String)]) -> anyhow::Result<Child> {
+fn spawn(
+    binary: &Path,
+    credentials: &Path,
+    args: &[(&str, String)],
+    env: &[(&str, String)],
+) -> anyhow::Result<Child> {
     let mut command = Command::new(binary);
     command
         .env_clear()
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .env("HEFT_LOG", "warn")
         .env("HEFT_API_TOKENS", API_TOKEN)
         .env("HEFT_INTERNAL_TOKEN", INTERNAL_TOKEN)
@@ -121,6 +127,27 @@ fn spawn(binary: &Path, credentials: &Path, args: &[(&str, String)]) -> anyhow::
         command.arg(flag).arg(value);
     }
     Ok(command.spawn()?)
+}
+
+fn entries_service(
+    addr: SocketAddr,
+    database_url: &str,
+    users_addr: SocketAddr,
+    credentials: &Path,
+    env: &[(&str, String)],
+) -> anyhow::Result<Service> {
+    let child = spawn(
+        &binary("heft-entries")?,
+        credentials,
+        &[
+            ("--listen", addr.to_string()),
+            ("--database-url", database_url.to_owned()),
+            ("--users-url", format!("http://{users_addr}")),
+            ("--metrics-listen", String::new()),
+        ],
+        env,
+    )?;
+    Ok(Service { addr, child })
 }
 
 impl Stack {
@@ -153,21 +180,10 @@ impl Stack {
                     ("--entries-url", format!("http://{entries_addr}")),
                     ("--metrics-listen", String::new()),
                 ],
+                &[],
             )?,
         };
-        let entries = Service {
-            addr: entries_addr,
-            child: spawn(
-                &binary("heft-entries")?,
-                &credentials,
-                &[
-                    ("--listen", entries_addr.to_string()),
-                    ("--database-url", entries_url.clone()),
-                    ("--users-url", format!("http://{users_addr}")),
-                    ("--metrics-listen", String::new()),
-                ],
-            )?,
-        };
+        let entries = entries_service(entries_addr, &entries_url, users_addr, &credentials, &[])?;
         let stack = Self {
             users,
             entries,
@@ -181,6 +197,20 @@ impl Stack {
             wait_until_serving(service.addr).await?;
         }
         Ok(stack)
+    }
+
+    /// Another heft-entries on the same database, with `env` besides the
+    /// usual settings, serving once this returns.
+    pub async fn start_entries_with(&self, env: &[(&str, String)]) -> anyhow::Result<Service> {
+        let service = entries_service(
+            free_port()?,
+            &self.entries_url,
+            self.users.addr,
+            &self.credentials,
+            env,
+        )?;
+        wait_until_serving(service.addr).await?;
+        Ok(service)
     }
 
     /// The bare reference server (`bare`) on heft-entries' database, in a
