@@ -204,4 +204,5 @@ serve_get_and_list_only! {
     delete_entry(DeleteEntryRequest) -> ();
     summarize_entries(SummarizeEntriesRequest) -> pb::SummarizeEntriesResponse;
     purge_user_entries(PurgeUserEntriesRequest) -> pb::PurgeUserEntriesResponse;
+    list_entry_changes(ListEntryChangesRequest) -> pb::ListEntryChangesResponse;
 }

@@ -10,12 +10,12 @@ use heft_proto::{
 };
 use heft_service::{
     auth::CredentialsCommand,
+    changes::{self, ListTokens},
     client::{self, InternalCredentials},
     config::{CommonArgs, DatabaseUrl},
     host::{self, Host},
-    pagination::PageTokens,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Channel;
 
 pub mod api;
@@ -96,7 +96,10 @@ pub async fn serve_with_listener(
     .await?;
     let database = host.database();
     let store = store::on(database);
-    let page_tokens = PageTokens::new(database.shared_key("page_token").await?);
+    let list_tokens = ListTokens::new(
+        database.shared_key("page_token").await?,
+        config.common.changes_retention_days,
+    );
     let users_channel = users_channel(&config)?;
     let token_keys = token_keys::TokenKeys::new(users_channel.clone(), store.clone());
     // Not awaited: the users service need not be up for this one to start.
@@ -106,13 +109,29 @@ pub async fn serve_with_listener(
     });
     host.accept_user_tokens(token_keys);
     let users = users_client(&config, users_channel)?;
-    let api = api::EntryApi::new(store, users, page_tokens, config.purge.clone());
+    let (stop_sweeping, sweeping_stopped) = watch::channel(false);
+    let sweeper = tokio::spawn({
+        let store = store.clone();
+        changes::sweep_expired(
+            "entry_changes",
+            list_tokens.changes.clone(),
+            move |before, limit| {
+                let store = store.clone();
+                async move { store.remove_entry_changes_before(before, limit).await }
+            },
+            sweeping_stopped,
+        )
+    });
+    let api = api::EntryApi::new(store, users, list_tokens.clone(), config.purge.clone());
     // The largest message is BatchCreateEntries's; the codec holds every
     // other method to its own limit (`heft_proto::codec`).
     let service = EntryServiceServer::new(api)
         .max_decoding_message_size(MAX_BATCH_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_BATCH_MESSAGE_BYTES);
-    host.serve(service, api::METHODS, None, shutdown).await
+    let served = host.serve(service, api::METHODS, None, shutdown).await;
+    let _ = stop_sweeping.send(true);
+    sweeper.abort();
+    served
 }
 
 /// The client this service asks whether users exist.

@@ -112,10 +112,12 @@ default_limits!(
     users::DeleteUserResponse,
     users::PurgeJob,
     users::ListPurgeJobsResponse,
+    users::ListUserChangesResponse,
     entries::Entry,
     entries::ListEntriesResponse,
     entries::SummarizeEntriesResponse,
     entries::PurgeUserEntriesResponse,
+    entries::ListEntryChangesResponse,
 );
 
 request_limits!(
@@ -128,12 +130,14 @@ request_limits!(
     users::GetPurgeJobRequest = KIB,
     users::ListPurgeJobsRequest = 2 * KIB,
     users::ListTokenKeysRequest = KIB,
+    users::ListUserChangesRequest = 2 * KIB,
     entries::CreateEntryRequest = 4 * KIB,
     entries::GetEntryRequest = KIB,
     entries::ListEntriesRequest = 2 * KIB,
     entries::DeleteEntryRequest = KIB,
     entries::SummarizeEntriesRequest = KIB,
     entries::PurgeUserEntriesRequest = KIB,
+    entries::ListEntryChangesRequest = 2 * KIB,
 );
 
 impl WireLimits for users::UpdateUserRequest {
@@ -218,8 +222,16 @@ pub const REQUEST_LIMITS: &[(&str, usize)] = &[
         users::ListPurgeJobsRequest::MAX_BYTES,
     ),
     (
+        "/heft.users.v1.UserService/ListUserChanges",
+        users::ListUserChangesRequest::MAX_BYTES,
+    ),
+    (
         "/heft.entries.v1.EntryService/CreateEntry",
         entries::CreateEntryRequest::MAX_BYTES,
+    ),
+    (
+        "/heft.entries.v1.EntryService/ListEntryChanges",
+        entries::ListEntryChangesRequest::MAX_BYTES,
     ),
     (
         "/heft.entries.v1.EntryService/BatchCreateEntries",

@@ -108,6 +108,10 @@ pub struct CommonArgs {
     /// How long shutdown waits for in-flight calls, in seconds.
     #[arg(long, env = "HEFT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+
+    /// How long a change token stays valid, in days; changes are kept a day longer.
+    #[arg(long, env = "HEFT_CHANGES_RETENTION_DAYS", default_value_t = crate::changes::DEFAULT_RETENTION_DAYS)]
+    pub changes_retention_days: u32,
 }
 
 /// How much one listener takes on; the defaults suit a 2-core machine with a

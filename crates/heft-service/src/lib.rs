@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod changes;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -76,10 +76,27 @@ impl PageTokens {
 
     /// A token for the page after `cursor` of a call with these filters.
     pub fn encode<C: Serialize>(&self, scope: &str, filter: &impl Serialize, cursor: C) -> String {
+        self.seal(
+            scope,
+            filter,
+            cursor,
+            Utc::now().timestamp() + TOKEN_LIFETIME_SECS,
+        )
+    }
+
+    /// A token carrying `cursor` for calls with these filters, stale after
+    /// `expires` (Unix seconds).
+    pub fn seal<C: Serialize>(
+        &self,
+        scope: &str,
+        filter: &impl Serialize,
+        cursor: C,
+        expires: i64,
+    ) -> String {
         let envelope = Envelope {
             scope: scope.to_owned(),
             filter: fingerprint(filter),
-            expires: Utc::now().timestamp() + TOKEN_LIFETIME_SECS,
+            expires,
             cursor,
         };
         let mut bytes =
@@ -121,36 +138,65 @@ impl PageTokens {
         if token.is_empty() {
             return Ok(None);
         }
-        let invalid = |why: &str| InvalidRequest::single("page_token", why);
+        self.open(scope, filter, token)
+            .map(Some)
+            .map_err(|refusal| {
+                InvalidRequest::single(
+                    "page_token",
+                    match refusal {
+                        TokenRefusal::Invalid(why) => why,
+                        TokenRefusal::Expired => "has expired; start again without a page token",
+                    },
+                )
+            })
+    }
+
+    /// The cursor in a non-empty `token` sealed by [`PageTokens::seal`] for
+    /// `scope` and these filters, or why it is refused.
+    pub fn open<C: DeserializeOwned>(
+        &self,
+        scope: &str,
+        filter: &impl Serialize,
+        token: &str,
+    ) -> Result<C, TokenRefusal> {
+        const NOT_OURS: TokenRefusal =
+            TokenRefusal::Invalid("is not a token issued by this service");
         if token.len() > MAX_TOKEN_LEN {
-            return Err(invalid("is not a page token issued by this service"));
+            return Err(NOT_OURS);
         }
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| invalid("is not a page token issued by this service"))?;
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| NOT_OURS)?;
         let Some(split) = bytes.len().checked_sub(MAC_LEN) else {
-            return Err(invalid("is not a page token issued by this service"));
+            return Err(NOT_OURS);
         };
         let (payload, signature) = bytes.split_at(split);
         let mut mac = self.mac();
         mac.update(payload);
-        mac.verify_slice(signature)
-            .map_err(|_| invalid("has been tampered with or was not issued by this service"))?;
-        let envelope: Envelope<C> = serde_json::from_slice(payload)
-            .map_err(|_| invalid("is not a page token issued by this service"))?;
+        mac.verify_slice(signature).map_err(|_| {
+            TokenRefusal::Invalid("has been tampered with or was not issued by this service")
+        })?;
+        let envelope: Envelope<C> = serde_json::from_slice(payload).map_err(|_| NOT_OURS)?;
         if envelope.scope != scope {
-            return Err(invalid("belongs to another method"));
+            return Err(TokenRefusal::Invalid("belongs to another method"));
         }
         if envelope.filter != fingerprint(filter) {
-            return Err(invalid(
-                "was issued for a call with other filters; start again without a page token",
+            return Err(TokenRefusal::Invalid(
+                "was issued for a call with other filters; start again without a token",
             ));
         }
         if envelope.expires < Utc::now().timestamp() {
-            return Err(invalid("has expired; start again without a page token"));
+            return Err(TokenRefusal::Expired);
         }
-        Ok(Some(envelope.cursor))
+        Ok(envelope.cursor)
     }
+}
+
+/// Why a token is not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Forged, edited, garbled, or for another method or other filters.
+    Invalid(&'static str),
+    /// Genuine, but past its expiry.
+    Expired,
 }
 
 fn fingerprint(filter: &impl Serialize) -> String {

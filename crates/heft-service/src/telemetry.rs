@@ -58,11 +58,49 @@ impl Telemetry {
 /// services in one process): later calls keep the first configuration.
 pub fn init(filter: &str, format: LogFormat, service_name: &str) -> anyhow::Result<Telemetry> {
     let log_filter = EnvFilter::try_new(filter)
-        .map_err(|e| anyhow::anyhow!("invalid HEFT_LOG filter {filter:?}: {e}"))?
-        // The exporter's spans carry semantic-convention fields for a
-        // collector; the log keeps its own spans.
-        .and(filter_fn(|metadata| !trace::is_exported_span(metadata)));
-    let log_layer = match format {
+        .map_err(|e| anyhow::anyhow!("invalid HEFT_LOG filter {filter:?}: {e}"))?;
+    if !otlp_endpoint_configured() {
+        // The filter for the whole subscriber: a callsite it disables costs
+        // nothing at all, and no exporter's span is ever built.
+        let _already_initialised = tracing_subscriber::registry()
+            .with(log_filter)
+            .with(log_layer(format))
+            .try_init();
+        return Ok(Telemetry::default());
+    }
+    let provider = tracer_provider(service_name)?;
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("heft"))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_level(false)
+        // No log event becomes a span event: no log field reaches a collector.
+        .with_filter(filter_fn(trace::is_exported_span));
+    // The exporter's spans carry semantic-convention fields for a
+    // collector; the log keeps its own spans.
+    let log_filter = log_filter.and(filter_fn(|metadata| !trace::is_exported_span(metadata)));
+    let installed = tracing_subscriber::registry()
+        .with(log_layer(format).with_filter(log_filter))
+        .with(spans)
+        .try_init()
+        .is_ok();
+    if !installed {
+        // The first configuration wins; this exporter would never see a span.
+        return Ok(Telemetry::default());
+    }
+    trace::start_exporting();
+    Ok(Telemetry {
+        tracer_provider: Some(provider),
+    })
+}
+
+/// Log lines on stderr, for people or one JSON object each.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
@@ -75,36 +113,6 @@ pub fn init(filter: &str, format: LogFormat, service_name: &str) -> anyhow::Resu
             .map_event_format(WithTraceIds)
             .with_writer(std::io::stderr)
             .boxed(),
-    };
-    let tracer_provider = if otlp_endpoint_configured() {
-        Some(tracer_provider(service_name)?)
-    } else {
-        None
-    };
-    let span_layer = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("heft"))
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_level(false)
-            .with_filter(filter_fn(trace::is_exported_span))
-    });
-    let installed = tracing_subscriber::registry()
-        .with(log_layer.with_filter(log_filter))
-        .with(span_layer)
-        .try_init()
-        .is_ok();
-    match tracer_provider {
-        Some(provider) if installed => {
-            trace::start_exporting();
-            Ok(Telemetry {
-                tracer_provider: Some(provider),
-            })
-        }
-        // Already initialised: the first configuration wins, and this
-        // exporter would never see a span.
-        _ => Ok(Telemetry::default()),
     }
 }
 

@@ -4,8 +4,8 @@
 //!
 //! These spans have a target of their own, [`TARGET`]: only the OTLP
 //! exporter sees them, never the log, so that their semantic-convention
-//! fields do not crowd every log line, and when no exporter is configured
-//! no layer wants them and creating one costs a cached callsite check.
+//! fields do not crowd every log line. Without an exporter none is built:
+//! each constructor answers `Span::none()` after one relaxed load.
 //! Their fields are ids and codes: never an email, a name, a note or a token.
 
 use std::{
@@ -73,6 +73,9 @@ pub fn server_span(path: &str, headers: &http::HeaderMap, request_id: &str) -> S
 
 /// The client span of a call to the other service, `service`/`method`.
 pub fn client_span(service: &str, method: &str) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: TARGET,
         "rpc.client",
@@ -89,6 +92,9 @@ pub fn client_span(service: &str, method: &str) -> Span {
 
 /// The span of one store operation on `system` (`postgresql`, `sqlite`).
 pub fn store_span(system: &'static str, operation: &'static str) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
     tracing::debug_span!(
         target: TARGET,
         "db",
@@ -107,6 +113,9 @@ pub fn outbox_delivery_span(
     user_id: &dyn Display,
     job_id: &dyn Display,
 ) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         target: TARGET,
         parent: None,

@@ -12,13 +12,13 @@ use heft_proto::codec::MAX_MESSAGE_BYTES;
 use heft_proto::users::v1::user_service_server::UserServiceServer;
 use heft_service::{
     auth::CredentialsCommand,
+    changes::{self, ListTokens},
     client::{self, InternalCredentials},
     config::{CommonArgs, DatabaseUrl},
     db::Database,
     host::{self, Host},
     keyed::KeyedHash,
     metrics::{self, FloatGauge, StateLabels},
-    pagination::PageTokens,
 };
 use prometheus_client::{
     metrics::{family::Family, gauge::Gauge},
@@ -122,7 +122,10 @@ pub async fn serve_with_listener(
     .await?;
     let database = host.database();
     let store = store::on(database);
-    let page_tokens = PageTokens::new(database.shared_key("page_token").await?);
+    let list_tokens = ListTokens::new(
+        database.shared_key("page_token").await?,
+        config.common.changes_retention_days,
+    );
     let throttle_keys = KeyedHash::new(database.shared_key("login_throttle").await?);
     let hasher = password::PasswordHasher::new(&config.hashing)?;
     let entries = client::to_peer(&config.common, "HEFT_ENTRIES_URL", &config.entries_url)?;
@@ -142,7 +145,7 @@ pub async fn serve_with_listener(
         hasher,
         domain::LoginThrottle::default(),
         throttle_keys,
-        page_tokens,
+        list_tokens.clone(),
         cascade.clone(),
         user_tokens,
     );
@@ -153,6 +156,18 @@ pub async fn serve_with_listener(
         domain::LoginThrottle::default(),
         dispatcher_stopped.clone(),
     ));
+    let changes_sweeper = tokio::spawn({
+        let store = store.clone();
+        changes::sweep_expired(
+            "user_changes",
+            list_tokens.changes.clone(),
+            move |before, limit| {
+                let store = store.clone();
+                async move { store.remove_user_changes_before(before, limit).await }
+            },
+            dispatcher_stopped.clone(),
+        )
+    });
     let dispatcher = tokio::spawn(cascade.run_dispatcher(dispatcher_stopped));
     let service = UserServiceServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -163,6 +178,7 @@ pub async fn serve_with_listener(
 
     let _ = stop_dispatcher.send(true);
     sweeper.abort();
+    changes_sweeper.abort();
     if tokio::time::timeout(config.common.shutdown_grace(), dispatcher)
         .await
         .is_err()

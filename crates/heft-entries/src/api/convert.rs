@@ -12,8 +12,8 @@ use heft_service::{
 };
 
 use crate::domain::{
-    DateRange, Entry, EntryId, EntryPatch, IdempotencyKey, Note, RecordedOn, SortOrder, UserId,
-    Weight, WeightUnit, calendar_date,
+    DateRange, Entry, EntryChange, EntryId, EntryPatch, IdempotencyKey, Note, RecordedOn,
+    SortOrder, TimedChange, UserId, Weight, WeightUnit, calendar_date,
 };
 
 /// A new entry's fields, validated.
@@ -304,6 +304,39 @@ pub fn entry_to_proto(entry: Entry, unit: Option<WeightUnit>) -> pb::Entry {
     }
 }
 
+/// ListEntryChanges: the optional user filter, the token and page size as sent.
+pub fn list_entry_changes(
+    request: pb::ListEntryChangesRequest,
+) -> Result<(Option<UserId>, String, i32), InvalidRequest> {
+    let user_id = match request.user_id.as_str() {
+        "" => None,
+        id => Some(UserId::parse(id).map_err(|e| InvalidRequest::single("user_id", e.0))?),
+    };
+    Ok((user_id, request.change_token, request.page_size))
+}
+
+pub fn entry_change_to_proto(timed: TimedChange) -> pb::EntryChange {
+    let user_id = uuid_string(timed.change.user_id().0);
+    let (change_type, entry_id, entry) = match timed.change {
+        EntryChange::Upserted(entry) => (
+            pb::EntryChangeType::Upserted,
+            uuid_string(entry.id.0),
+            Some(entry_to_proto(entry, None)),
+        ),
+        EntryChange::Deleted { entry_id, .. } => {
+            (pb::EntryChangeType::Deleted, uuid_string(entry_id.0), None)
+        }
+        EntryChange::UserPurged { .. } => (pb::EntryChangeType::UserPurged, String::new(), None),
+    };
+    pb::EntryChange {
+        change_type: change_type as i32,
+        entry_id,
+        user_id,
+        entry,
+        change_time: Some(to_timestamp(timed.time)),
+    }
+}
+
 /// A UUID's hyphenated form, written straight into its buffer: a list page
 /// writes two per entry, and `to_string` goes through the formatting
 /// machinery for each.
@@ -402,5 +435,10 @@ mod tests {
         });
         assert_fits_its_limit(&pb::DeleteEntryRequest { id: id() });
         assert_fits_its_limit(&pb::PurgeUserEntriesRequest { user_id: id() });
+        assert_fits_its_limit(&pb::ListEntryChangesRequest {
+            user_id: id(),
+            change_token: "x".repeat(heft_service::pagination::MAX_TOKEN_LEN),
+            page_size: i32::MIN,
+        });
     }
 }

@@ -6,17 +6,20 @@ use std::{sync::Arc, time::Instant};
 use chrono::Utc;
 use heft_proto::entries::v1::{self as pb, entry_service_server::EntryService};
 use heft_service::{
-    auth::{Access, Scope},
-    caller, host,
-    pagination::{self, PageTokens},
-    request_id, time,
+    Caller,
+    auth::{Access, AuthError, Scope},
+    caller,
+    changes::{self, ListTokens},
+    host, pagination, request_id, time,
 };
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::{
-    domain::{Cursor, Entry, EntryId, ListQuery, SortOrder, Summarizer, UserId, Weight},
+    domain::{
+        ChangeQuery, Cursor, Entry, EntryId, ListQuery, SortOrder, Summarizer, UserId, Weight,
+    },
     purge::{self, PurgeArgs},
     store::{EntryStore, StoreError},
     users_client::{UsersClient, UsersError},
@@ -53,6 +56,11 @@ pub const METHODS: &[(&str, Access)] = &[
         "SummarizeEntries",
         Access::scope_or_own_user(Scope::EntriesRead),
     ),
+    // A user token may follow its own user's changes (the handler checks the filter).
+    (
+        "ListEntryChanges",
+        Access::scope_or_own_user(Scope::EntriesRead),
+    ),
     ("PurgeUserEntries", Access::InternalOnly),
 ];
 
@@ -66,12 +74,13 @@ const SUMMARY_PAGE: u32 = 5_000;
 /// deadline, so a few large summaries cannot take the whole pool.
 const SUMMARIES_AT_ONCE: usize = 2;
 const PAGE_SCOPE: &str = "entries";
+const CHANGES_SCOPE: &str = "entry_changes";
 
 pub struct EntryApi {
     store: Arc<dyn EntryStore>,
     summaries: Semaphore,
     users: UsersClient,
-    page_tokens: PageTokens,
+    list_tokens: ListTokens,
     purge: PurgeArgs,
 }
 
@@ -79,14 +88,14 @@ impl EntryApi {
     pub fn new(
         store: Arc<dyn EntryStore>,
         users: UsersClient,
-        page_tokens: PageTokens,
+        list_tokens: ListTokens,
         purge: PurgeArgs,
     ) -> Self {
         Self {
             store,
             summaries: Semaphore::new(SUMMARIES_AT_ONCE),
             users,
-            page_tokens,
+            list_tokens,
             purge,
         }
     }
@@ -123,7 +132,7 @@ impl EntryApi {
     /// For writes by id: a user token first proves the entry is its own
     /// (an entry never changes owner, so the check cannot go stale).
     async fn check_entry_owner<T>(&self, id: EntryId, request: &Request<T>) -> Result<(), Status> {
-        if matches!(caller(request), heft_service::Caller::User(_)) {
+        if matches!(caller(request), Caller::User(_)) {
             self.visible_entry(id, request).await?;
         }
         Ok(())
@@ -197,7 +206,8 @@ impl EntryService for EntryApi {
         // The token is bound to everything that selects or orders entries.
         let filter = (params.user_id, params.range, params.order);
         let after: Option<Cursor> =
-            self.page_tokens
+            self.list_tokens
+                .pages
                 .decode(PAGE_SCOPE, &filter, &params.page_token)?;
         let query = ListQuery {
             user_id: params.user_id,
@@ -207,7 +217,7 @@ impl EntryService for EntryApi {
             limit: page_size + 1,
         };
         let mut entries = self.store.list_entries(&query).await?;
-        let next_page_token = self.page_tokens.finish_page(
+        let next_page_token = self.list_tokens.pages.finish_page(
             PAGE_SCOPE,
             &filter,
             &mut entries,
@@ -220,6 +230,48 @@ impl EntryService for EntryApi {
                 .map(|e| convert::entry_to_proto(e, params.unit))
                 .collect(),
             next_page_token,
+        }))
+    }
+
+    async fn list_entry_changes(
+        &self,
+        request: Request<pb::ListEntryChangesRequest>,
+    ) -> Result<Response<pb::ListEntryChangesResponse>, Status> {
+        let caller = caller(&request).clone();
+        let (user_id, change_token, page_size) = convert::list_entry_changes(request.into_inner())?;
+        match (&caller, user_id) {
+            (Caller::User(_), None) => return Err(AuthError::OtherUser.into()),
+            (_, Some(user_id)) => caller.require_user(user_id.0)?,
+            _ => {}
+        }
+        let limit = pagination::page_size(
+            page_size,
+            changes::DEFAULT_PAGE_SIZE,
+            changes::MAX_PAGE_SIZE,
+        )?;
+        let tokens = &self.list_tokens.changes;
+        let Some(after) = tokens.decode(CHANGES_SCOPE, &user_id, &change_token)? else {
+            let head = self.store.entry_changes_head().await?;
+            return Ok(Response::new(pb::ListEntryChangesResponse {
+                changes: Vec::new(),
+                next_change_token: tokens.encode(CHANGES_SCOPE, &user_id, head, Utc::now()),
+            }));
+        };
+        let page = self
+            .store
+            .list_entry_changes(&ChangeQuery {
+                after,
+                user_id,
+                limit,
+            })
+            .await?;
+        Ok(Response::new(pb::ListEntryChangesResponse {
+            changes: page
+                .changes
+                .into_iter()
+                .map(convert::entry_change_to_proto)
+                .collect(),
+            next_change_token: tokens.encode(CHANGES_SCOPE, &user_id, page.next, page.next_since),
         }))
     }
 

@@ -198,6 +198,45 @@ pub struct ListQuery {
     pub limit: u32,
 }
 
+/// One change in the entries feed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntryChange {
+    /// Created or updated: the entry as it was after the change.
+    Upserted(Entry),
+    Deleted {
+        entry_id: EntryId,
+        user_id: UserId,
+    },
+    /// Every entry of the user deleted, and none to be created again.
+    UserPurged {
+        user_id: UserId,
+    },
+}
+
+impl EntryChange {
+    pub fn user_id(&self) -> UserId {
+        match self {
+            EntryChange::Upserted(entry) => entry.user_id,
+            EntryChange::Deleted { user_id, .. } | EntryChange::UserPurged { user_id } => *user_id,
+        }
+    }
+}
+
+/// A change and when it was made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedChange {
+    pub change: EntryChange,
+    pub time: DateTime<Utc>,
+}
+
+/// One page of the entries feed: after a position, for one user or all.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeQuery {
+    pub after: heft_service::changes::ChangePosition,
+    pub user_id: Option<UserId>,
+    pub limit: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

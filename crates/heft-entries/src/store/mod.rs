@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use heft_service::trace::Traced;
 use heft_service::{
     ErrorCode,
+    changes::{ChangePage, ChangePosition},
     db::{Database, DbError, Migrations, Timestamp},
     error::{Layer, LayeredError},
 };
@@ -13,8 +14,8 @@ use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 use uuid::Uuid;
 
 use crate::domain::{
-    Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, UserId, Weight,
-    WeightUnit,
+    ChangeQuery, Entry, EntryChange, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note,
+    RecordedOn, TimedChange, UserId, Weight, WeightUnit,
 };
 
 mod postgres;
@@ -158,6 +159,119 @@ fn into_entries(rows: Vec<EntryRow>) -> StoreResult<Vec<Entry>> {
     rows.into_iter().map(Entry::try_from).collect()
 }
 
+macro_rules! change_columns {
+    () => {
+        "seq, change_type, entry_id, user_id, value, unit, recorded_on, note, create_time, update_time, change_time"
+    };
+}
+
+pub(crate) use change_columns;
+
+/// A row of `entry_changes`: `xid` (0 on SQLite), then `change_columns!()`.
+#[derive(sqlx::FromRow)]
+pub struct EntryChangeRow {
+    xid: i64,
+    seq: i64,
+    change_type: i16,
+    entry_id: Option<Uuid>,
+    user_id: Uuid,
+    value: Option<f64>,
+    unit: Option<i16>,
+    recorded_on: Option<NaiveDate>,
+    note: Option<String>,
+    create_time: Option<Timestamp>,
+    update_time: Option<Timestamp>,
+    change_time: Timestamp,
+}
+
+impl EntryChangeRow {
+    fn position(&self) -> ChangePosition {
+        ChangePosition {
+            xid: self.xid,
+            seq: self.seq,
+        }
+    }
+}
+
+impl TryFrom<EntryChangeRow> for TimedChange {
+    type Error = StoreError;
+
+    fn try_from(row: EntryChangeRow) -> StoreResult<Self> {
+        const CORRUPT: DbError = DbError::Corrupt("entry_changes");
+        let user_id = UserId(row.user_id);
+        let change = match (row.change_type, row.entry_id) {
+            (1, Some(id)) => {
+                let (
+                    Some(value),
+                    Some(unit),
+                    Some(recorded_on),
+                    Some(note),
+                    Some(created),
+                    Some(updated),
+                ) = (
+                    row.value,
+                    row.unit,
+                    row.recorded_on,
+                    row.note,
+                    row.create_time,
+                    row.update_time,
+                )
+                else {
+                    return Err(CORRUPT.into());
+                };
+                EntryChange::Upserted(Entry::try_from(EntryRow {
+                    id,
+                    user_id: row.user_id,
+                    value,
+                    unit,
+                    recorded_on,
+                    note,
+                    create_time: created,
+                    update_time: updated,
+                })?)
+            }
+            (2, Some(id)) => EntryChange::Deleted {
+                entry_id: EntryId(id),
+                user_id,
+            },
+            (3, _) => EntryChange::UserPurged { user_id },
+            _ => return Err(CORRUPT.into()),
+        };
+        Ok(TimedChange {
+            change,
+            time: row.change_time.0,
+        })
+    }
+}
+
+/// A page of at most `limit` rows read in feed order, below `horizon`:
+/// a full page continues after its last row, a shorter one reached the
+/// horizon (everything below it has been read).
+fn into_change_page(
+    rows: Vec<EntryChangeRow>,
+    limit: u32,
+    horizon: ChangePosition,
+) -> StoreResult<ChangePage<TimedChange>> {
+    let full = rows.len() >= limit as usize;
+    let last = rows.last().map(EntryChangeRow::position);
+    let changes = rows
+        .into_iter()
+        .map(TimedChange::try_from)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let (next, next_since) = match (full, last, changes.last()) {
+        (true, Some(last), Some(change)) => (last, change.time),
+        _ => (
+            last.map_or(horizon, |last| last.max(horizon)),
+            heft_service::time::now(),
+        ),
+    };
+    Ok(ChangePage {
+        changes,
+        next,
+        next_since,
+    })
+}
+
 /// What one batch of a purge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchDeleted {
@@ -213,6 +327,25 @@ heft_service::traced_store_trait! {
         async fn delete_entries_batch(&self, user_id: UserId, limit: u32) -> StoreResult<BatchDeleted>;
 
         async fn is_purged(&self, user_id: UserId) -> StoreResult<bool>;
+
+        /// Up to `query.limit` changes after `query.after`, oldest first,
+        /// and where the next page starts.
+        async fn list_entry_changes(
+            &self,
+            query: &ChangeQuery,
+        ) -> StoreResult<ChangePage<TimedChange>>;
+
+        /// Where a reader starting now begins: every change committed from
+        /// now on comes after it.
+        async fn entry_changes_head(&self) -> StoreResult<ChangePosition>;
+
+        /// Removes up to `limit` of the oldest changes if written before
+        /// `before`; how many it removed.
+        async fn remove_entry_changes_before(
+            &self,
+            before: DateTime<Utc>,
+            limit: u32,
+        ) -> StoreResult<u64>;
 
         /// Owners of entries after `after`, in id order, with their entry
         /// counts: one page of the orphan audit.

@@ -25,13 +25,15 @@ use heft_service::db::warm::WarmConnections;
 use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
+use heft_service::changes::{ChangePage, ChangePosition, postgres_horizon};
+
 use super::{
-    BatchDeleted, EntryRow, EntryStore, StoreError, StoreResult, entry_columns, into_entries,
-    unit_code,
+    BatchDeleted, EntryChangeRow, EntryRow, EntryStore, StoreError, StoreResult, change_columns,
+    entry_columns, into_change_page, into_entries, unit_code,
 };
 use crate::domain::{
-    Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder, UserId,
-    Weight,
+    ChangeQuery, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
+    SortOrder, TimedChange, UserId, Weight,
 };
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,19 @@ impl PostgresEntryStore {
             .await?;
         Ok(tx)
     }
+}
+
+/// The statement that records an UPSERTED change for each row of the CTE
+/// `$rows` (`RETURNING entry_columns!()`): a write and its change are one
+/// statement.
+macro_rules! record_upserts {
+    ($rows:literal) => {
+        concat!(
+            "INSERT INTO entry_changes (change_type, entry_id, user_id, value, unit, recorded_on, note, create_time, update_time)
+             SELECT 1, id, user_id, value, unit, recorded_on, note, create_time, update_time FROM ",
+            $rows
+        )
+    };
 }
 
 /// An INSERT of one entry whose parameters are $1 id, $2 user, $3 value,
@@ -167,11 +182,18 @@ impl EntryStore for PostgresEntryStore {
     ) -> StoreResult<Entry> {
         // One round trip when the user already owns entries and is not purged.
         let insert = insert_entry(
-            "WITH owner AS (
-                SELECT user_id FROM entry_owners WHERE user_id = $2 AND NOT purged FOR SHARE)
-             INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
-             SELECT $1, owner.user_id, $3, $4, $5, $6, $7, $8, $8 FROM owner
-             ON CONFLICT (user_id, request_id) DO NOTHING",
+            concat!(
+                "WITH owner AS (
+                    SELECT user_id FROM entry_owners WHERE user_id = $2 AND NOT purged FOR SHARE),
+                 inserted AS (
+                    INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+                    SELECT $1, owner.user_id, $3, $4, $5, $6, $7, $8, $8 FROM owner
+                    ON CONFLICT (user_id, request_id) DO NOTHING
+                    RETURNING ",
+                entry_columns!(),
+                ") ",
+                record_upserts!("inserted")
+            ),
             entry,
             request_id,
         );
@@ -188,10 +210,17 @@ impl EntryStore for PostgresEntryStore {
         let mut tx = self.lock_user(entry.user_id, false).await?;
         register_owner(&mut tx, entry.user_id).await?;
         let inserted = insert_entry(
-            "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8
-             WHERE NOT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $2)
-             ON CONFLICT (user_id, request_id) DO NOTHING",
+            concat!(
+                "WITH inserted AS (
+                    INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+                    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8
+                    WHERE NOT EXISTS (SELECT 1 FROM purged_users WHERE user_id = $2)
+                    ON CONFLICT (user_id, request_id) DO NOTHING
+                    RETURNING ",
+                entry_columns!(),
+                ") ",
+                record_upserts!("inserted")
+            ),
             entry,
             request_id,
         )
@@ -242,12 +271,17 @@ impl EntryStore for PostgresEntryStore {
         let days: Vec<NaiveDate> = entries.iter().map(|e| e.recorded_on.date()).collect();
         let notes: Vec<&str> = entries.iter().map(|e| e.note.as_str()).collect();
         let times: Vec<DateTime<Utc>> = entries.iter().map(|e| e.create_time).collect();
-        sqlx::query(
-            "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
-             SELECT id, $2, value, unit, recorded_on, note, create_time, create_time
-             FROM UNNEST($1::uuid[], $3::float8[], $4::int2[], $5::date[], $6::text[], $7::timestamptz[])
-                AS batch (id, value, unit, recorded_on, note, create_time)",
-        )
+        sqlx::query(concat!(
+            "WITH inserted AS (
+                INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
+                SELECT id, $2, value, unit, recorded_on, note, create_time, create_time
+                FROM UNNEST($1::uuid[], $3::float8[], $4::int2[], $5::date[], $6::text[], $7::timestamptz[])
+                    AS batch (id, value, unit, recorded_on, note, create_time)
+                RETURNING ",
+            entry_columns!(),
+            ") ",
+            record_upserts!("inserted")
+        ))
         .bind(&ids)
         .bind(user_id.0)
         .bind(&values)
@@ -294,15 +328,21 @@ impl EntryStore for PostgresEntryStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Entry> {
         sqlx::query_as::<_, EntryRow>(concat!(
-            "UPDATE entries SET
-                value = COALESCE($2, value),
-                unit = COALESCE($3, unit),
-                recorded_on = COALESCE($4, recorded_on),
-                note = COALESCE($5, note),
-                update_time = $6
-             WHERE id = $1
-             RETURNING ",
-            entry_columns!()
+            "WITH updated AS (
+                UPDATE entries SET
+                    value = COALESCE($2, value),
+                    unit = COALESCE($3, unit),
+                    recorded_on = COALESCE($4, recorded_on),
+                    note = COALESCE($5, note),
+                    update_time = $6
+                WHERE id = $1
+                RETURNING ",
+            entry_columns!(),
+            "), recorded AS (",
+            record_upserts!("updated"),
+            ") SELECT ",
+            entry_columns!(),
+            " FROM updated"
         ))
         .bind(id.0)
         .bind(patch.weight.map(Weight::value))
@@ -317,10 +357,14 @@ impl EntryStore for PostgresEntryStore {
     }
 
     async fn delete_entry(&self, id: EntryId) -> StoreResult<()> {
-        let deleted = sqlx::query("DELETE FROM entries WHERE id = $1")
-            .bind(id.0)
-            .execute(&self.pool)
-            .await?;
+        let deleted = sqlx::query(
+            "WITH deleted AS (DELETE FROM entries WHERE id = $1 RETURNING id, user_id)
+             INSERT INTO entry_changes (change_type, entry_id, user_id)
+             SELECT 2, id, user_id FROM deleted",
+        )
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -329,12 +373,17 @@ impl EntryStore for PostgresEntryStore {
 
     async fn leave_tombstone(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.lock_user(user_id, true).await?;
-        sqlx::query("INSERT INTO purged_users (user_id, purged_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING")
-            .bind(user_id.0)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            ?;
+        // The first tombstone of a user is its one USER_PURGED change.
+        sqlx::query(
+            "WITH tombstone AS (
+                INSERT INTO purged_users (user_id, purged_at) VALUES ($1, $2)
+                ON CONFLICT (user_id) DO NOTHING RETURNING user_id)
+             INSERT INTO entry_changes (change_type, user_id) SELECT 3, user_id FROM tombstone",
+        )
+        .bind(user_id.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         // The exclusive row lock waits for every create holding a share lock.
         sqlx::query(
             "INSERT INTO entry_owners (user_id, purged) VALUES ($1, true)
@@ -374,6 +423,64 @@ impl EntryStore for PostgresEntryStore {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    async fn list_entry_changes(
+        &self,
+        query: &ChangeQuery,
+    ) -> StoreResult<ChangePage<TimedChange>> {
+        let mut connection = self.pool.acquire().await?;
+        // Every transaction below the horizon has ended: no change can
+        // still commit there, so the rows below it are final.
+        let horizon = postgres_horizon(&mut connection).await?;
+        let mut sql = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT xid::text::int8 AS xid, ",
+            change_columns!(),
+            " FROM entry_changes WHERE "
+        ));
+        if let Some(user_id) = query.user_id {
+            sql.push("user_id = ").push_bind(user_id.0).push(" AND ");
+        }
+        sql.push("(xid, seq) > (")
+            .push_bind(query.after.xid)
+            .push("::text::xid8, ")
+            .push_bind(query.after.seq)
+            .push(") AND xid < ")
+            .push_bind(horizon.xid)
+            .push(format_args!(
+                "::text::xid8 ORDER BY xid, seq LIMIT {}",
+                query.limit
+            ));
+        let rows = sql
+            .build_query_as::<EntryChangeRow>()
+            .fetch_all(&mut *connection)
+            .await?;
+        into_change_page(rows, query.limit, horizon)
+    }
+
+    async fn entry_changes_head(&self) -> StoreResult<ChangePosition> {
+        let mut connection = self.pool.acquire().await?;
+        Ok(postgres_horizon(&mut connection).await?)
+    }
+
+    async fn remove_entry_changes_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        // The oldest rows in feed order, of which those written before the
+        // cutoff: a bounded read whether or not any has expired.
+        Ok(sqlx::query(
+            "DELETE FROM entry_changes WHERE ctid = ANY (ARRAY(
+                SELECT ctid FROM (
+                    SELECT ctid, change_time FROM entry_changes ORDER BY xid, seq LIMIT $2
+                ) AS oldest WHERE change_time < $1))",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn entry_owners(

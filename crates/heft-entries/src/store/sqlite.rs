@@ -10,13 +10,15 @@ use heft_service::db::Timestamp;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
+use heft_service::changes::{ChangePage, ChangePosition};
+
 use super::{
-    BatchDeleted, EntryRow, EntryStore, StoreError, StoreResult, entry_columns, into_entries,
-    unit_code,
+    BatchDeleted, EntryChangeRow, EntryRow, EntryStore, StoreError, StoreResult, change_columns,
+    entry_columns, into_change_page, into_entries, unit_code,
 };
 use crate::domain::{
-    Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn, SortOrder, UserId,
-    Weight,
+    ChangeQuery, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
+    SortOrder, TimedChange, UserId, Weight,
 };
 
 #[derive(Debug, Clone)]
@@ -235,6 +237,17 @@ impl EntryStore for SqliteEntryStore {
         .await
         ?
         .rows_affected();
+        // The user's earlier changes go too, in batches of the same size;
+        // the USER_PURGED change stays.
+        let changes_removed = sqlx::query(
+            "DELETE FROM entry_changes WHERE seq IN (
+                SELECT seq FROM entry_changes WHERE user_id = $1 AND change_type <> 3 LIMIT $2)",
+        )
+        .bind(user_id.0)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let total: i64 = sqlx::query_scalar(
             "UPDATE purged_users SET deleted_count = deleted_count + $2 WHERE user_id = $1
              RETURNING deleted_count",
@@ -248,8 +261,58 @@ impl EntryStore for SqliteEntryStore {
         Ok(BatchDeleted {
             deleted,
             total: u64::try_from(total).unwrap_or(0),
-            complete: deleted < u64::from(limit),
+            complete: deleted < u64::from(limit) && changes_removed < u64::from(limit),
         })
+    }
+
+    async fn list_entry_changes(
+        &self,
+        query: &ChangeQuery,
+    ) -> StoreResult<ChangePage<TimedChange>> {
+        // One writer at a time: changes commit in the order of their seq.
+        let mut sql = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT 0 AS xid, ",
+            change_columns!(),
+            " FROM entry_changes WHERE "
+        ));
+        if let Some(user_id) = query.user_id {
+            sql.push("user_id = ").push_bind(user_id.0).push(" AND ");
+        }
+        sql.push("seq > ")
+            .push_bind(query.after.seq)
+            .push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql
+            .build_query_as::<EntryChangeRow>()
+            .fetch_all(&self.pool)
+            .await?;
+        into_change_page(rows, query.limit, query.after)
+    }
+
+    async fn entry_changes_head(&self) -> StoreResult<ChangePosition> {
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'entry_changes'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ChangePosition { xid: 0, seq })
+    }
+
+    async fn remove_entry_changes_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM entry_changes WHERE seq IN (
+                SELECT seq FROM (SELECT seq, change_time FROM entry_changes ORDER BY seq LIMIT $2)
+                WHERE change_time < $1)",
+        )
+        .bind(Timestamp(before))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn is_purged(&self, user_id: UserId) -> StoreResult<bool> {

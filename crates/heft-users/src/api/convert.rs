@@ -10,8 +10,8 @@ use heft_service::{
 };
 
 use crate::domain::{
-    DEFAULT_WEIGHT_UNIT, Email, Password, PurgeRecord, PurgeState, User, UserId, UserName,
-    UserPatch, WeightUnit,
+    DEFAULT_WEIGHT_UNIT, Email, Password, PurgeRecord, PurgeState, User, UserChange,
+    UserChangeKind, UserId, UserName, UserPatch, WeightUnit,
 };
 
 pub struct NewAccount {
@@ -132,6 +132,20 @@ pub fn user_to_proto(user: &User) -> pb::User {
     }
 }
 
+pub fn user_change_to_proto(change: &UserChange) -> pb::UserChange {
+    let (change_type, user_id, user) = match &change.kind {
+        UserChangeKind::Created(user) => (pb::UserChangeType::Created, user.id, Some(user)),
+        UserChangeKind::Updated(user) => (pb::UserChangeType::Updated, user.id, Some(user)),
+        UserChangeKind::Deleted(id) => (pb::UserChangeType::Deleted, *id, None),
+    };
+    pb::UserChange {
+        change_type: change_type as i32,
+        user_id: user_id.to_string(),
+        user: user.map(user_to_proto),
+        change_time: Some(to_timestamp(change.time)),
+    }
+}
+
 /// The optional state filter of ListPurgeJobs: `UNSPECIFIED` is every state.
 pub fn purge_state_filter(code: i32) -> Result<Option<PurgeState>, InvalidRequest> {
     match pb::PurgeState::try_from(code) {
@@ -232,6 +246,10 @@ mod tests {
         assert_fits_its_limit(&pb::ListUsersRequest {
             page_size: i32::MIN,
             page_token: page_token.clone(),
+        });
+        assert_fits_its_limit(&pb::ListUserChangesRequest {
+            change_token: page_token.clone(),
+            page_size: i32::MIN,
         });
         assert_fits_its_limit(&pb::ListPurgeJobsRequest {
             state: i32::MIN,

@@ -7,9 +7,9 @@ use heft_proto::users::v1::{self as pb, user_service_server::UserService};
 use heft_service::{
     auth::{Access, Scope},
     caller,
+    changes::{self, ListTokens},
     keyed::KeyedHash,
-    pagination::{self, PageTokens},
-    request_id, time,
+    pagination, request_id, time,
 };
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -54,12 +54,14 @@ pub const METHODS: &[(&str, Access)] = &[
     ("GetPurgeJob", Access::scope(Scope::PurgeRead)),
     ("ListPurgeJobs", Access::scope(Scope::PurgeRead)),
     ("ListTokenKeys", Access::Public),
+    ("ListUserChanges", Access::scope(Scope::UsersChanges)),
 ];
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
 const PAGE_SCOPE: &str = "users";
 const PURGE_JOBS_PAGE_SCOPE: &str = "purge_jobs";
+const CHANGES_SCOPE: &str = "user_changes";
 
 /// The helpers' answers: a refusal of the API itself or of a layer below.
 type ApiResult<T> = Result<T, Status>;
@@ -69,7 +71,7 @@ pub struct UserApi {
     hasher: PasswordHasher,
     throttle: LoginThrottle,
     throttle_keys: KeyedHash,
-    page_tokens: PageTokens,
+    list_tokens: ListTokens,
     cascade: Arc<Cascade>,
     tokens: Arc<UserTokens>,
 }
@@ -80,7 +82,7 @@ impl UserApi {
         hasher: PasswordHasher,
         throttle: LoginThrottle,
         throttle_keys: KeyedHash,
-        page_tokens: PageTokens,
+        list_tokens: ListTokens,
         cascade: Arc<Cascade>,
         tokens: Arc<UserTokens>,
     ) -> Self {
@@ -89,7 +91,7 @@ impl UserApi {
             hasher,
             throttle,
             throttle_keys,
-            page_tokens,
+            list_tokens,
             cascade,
             tokens,
         }
@@ -248,14 +250,16 @@ impl UserService for UserApi {
         let request = request.into_inner();
         let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let after: Option<uuid::Uuid> =
-            self.page_tokens
+            self.list_tokens
+                .pages
                 .decode(PAGE_SCOPE, &(), &request.page_token)?;
         let mut users = self
             .store
             .list_users(after.map(UserId), page_size + 1)
             .await?;
         let next_page_token =
-            self.page_tokens
+            self.list_tokens
+                .pages
                 .finish_page(PAGE_SCOPE, &(), &mut users, page_size, |last| last.id.0);
         Ok(Response::new(pb::ListUsersResponse {
             users: users.iter().map(convert::user_to_proto).collect(),
@@ -386,7 +390,8 @@ impl UserService for UserApi {
         let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         // The token is bound to the state filter.
         let after: Option<PurgeCursor> =
-            self.page_tokens
+            self.list_tokens
+                .pages
                 .decode(PURGE_JOBS_PAGE_SCOPE, &state, &request.page_token)?;
         let mut records = self
             .store
@@ -396,7 +401,7 @@ impl UserService for UserApi {
                 limit: page_size + 1,
             })
             .await?;
-        let next_page_token = self.page_tokens.finish_page(
+        let next_page_token = self.list_tokens.pages.finish_page(
             PURGE_JOBS_PAGE_SCOPE,
             &state,
             &mut records,
@@ -416,6 +421,35 @@ impl UserService for UserApi {
         let keys = self.tokens.published().await;
         Ok(Response::new(pb::ListTokenKeysResponse {
             keys: keys.iter().map(convert::token_key_to_proto).collect(),
+        }))
+    }
+
+    async fn list_user_changes(
+        &self,
+        request: Request<pb::ListUserChangesRequest>,
+    ) -> Result<Response<pb::ListUserChangesResponse>, Status> {
+        let request = request.into_inner();
+        let limit = pagination::page_size(
+            request.page_size,
+            changes::DEFAULT_PAGE_SIZE,
+            changes::MAX_PAGE_SIZE,
+        )?;
+        let tokens = &self.list_tokens.changes;
+        let Some(after) = tokens.decode(CHANGES_SCOPE, &(), &request.change_token)? else {
+            let head = self.store.user_changes_head().await?;
+            return Ok(Response::new(pb::ListUserChangesResponse {
+                changes: Vec::new(),
+                next_change_token: tokens.encode(CHANGES_SCOPE, &(), head, time::now()),
+            }));
+        };
+        let page = self.store.list_user_changes(after, limit).await?;
+        Ok(Response::new(pb::ListUserChangesResponse {
+            changes: page
+                .changes
+                .iter()
+                .map(convert::user_change_to_proto)
+                .collect(),
+            next_change_token: tokens.encode(CHANGES_SCOPE, &(), page.next, page.next_since),
         }))
     }
 }

@@ -125,6 +125,21 @@ pub struct User {
     pub update_time: DateTime<Utc>,
 }
 
+/// One change in the users feed, and when it was made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserChange {
+    pub kind: UserChangeKind,
+    pub time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserChangeKind {
+    Created(User),
+    Updated(User),
+    /// Only the id: a deleted user's data leaves the feed with them.
+    Deleted(UserId),
+}
+
 /// The fields an update changes; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct UserPatch {

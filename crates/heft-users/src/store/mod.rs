@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use heft_service::trace::Traced;
 use heft_service::{
     ErrorCode,
+    changes::{ChangePage, ChangePosition},
     db::{Database, DbError, Migrations, Timestamp},
     error::{Layer, LayeredError},
     user_token::TokenSigningKey,
@@ -14,8 +15,8 @@ use uuid::Uuid;
 
 use crate::domain::{
     Credentials, Email, HashReplacement, LoginAttempt, LoginThrottle, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserId, UserName, UserPatch,
-    WeightUnit,
+    PurgeQueueStats, PurgeRecord, PurgeState, ThrottleKey, User, UserChange, UserChangeKind,
+    UserId, UserName, UserPatch, WeightUnit,
 };
 
 mod postgres;
@@ -135,6 +136,96 @@ impl TryFrom<UserRow> for User {
             update_time: row.update_time.0,
         })
     }
+}
+
+macro_rules! change_columns {
+    () => {
+        "seq, change_type, user_id, email, name, weight_unit, create_time, update_time, change_time"
+    };
+}
+
+pub(crate) use change_columns;
+
+/// A row of `user_changes`: `xid` (0 on SQLite), then `change_columns!()`.
+#[derive(sqlx::FromRow)]
+struct UserChangeRow {
+    xid: i64,
+    seq: i64,
+    change_type: i16,
+    user_id: Uuid,
+    email: Option<String>,
+    name: Option<String>,
+    weight_unit: Option<i16>,
+    create_time: Option<Timestamp>,
+    update_time: Option<Timestamp>,
+    change_time: Timestamp,
+}
+
+impl TryFrom<UserChangeRow> for UserChange {
+    type Error = StoreError;
+
+    fn try_from(row: UserChangeRow) -> StoreResult<Self> {
+        let user = || -> StoreResult<User> {
+            let (Some(email), Some(name), Some(weight_unit), Some(create_time), Some(update_time)) = (
+                row.email.clone(),
+                row.name.clone(),
+                row.weight_unit,
+                row.create_time,
+                row.update_time,
+            ) else {
+                return Err(DbError::Corrupt("user_changes").into());
+            };
+            User::try_from(UserRow {
+                id: row.user_id,
+                email,
+                name,
+                weight_unit,
+                create_time,
+                update_time,
+            })
+        };
+        let kind = match row.change_type {
+            1 => UserChangeKind::Created(user()?),
+            2 => UserChangeKind::Updated(user()?),
+            3 => UserChangeKind::Deleted(UserId(row.user_id)),
+            _ => return Err(DbError::Corrupt("user_changes.change_type").into()),
+        };
+        Ok(UserChange {
+            kind,
+            time: row.change_time.0,
+        })
+    }
+}
+
+/// A page of at most `limit` rows read in feed order, below `horizon`:
+/// a full page continues after its last row, a shorter one reached the
+/// horizon (everything below it has been read).
+fn into_change_page(
+    rows: Vec<UserChangeRow>,
+    limit: u32,
+    horizon: ChangePosition,
+) -> StoreResult<ChangePage<UserChange>> {
+    let full = rows.len() >= limit as usize;
+    let last = rows.last().map(|row| ChangePosition {
+        xid: row.xid,
+        seq: row.seq,
+    });
+    let changes = rows
+        .into_iter()
+        .map(UserChange::try_from)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let (next, next_since) = match (full, last, changes.last()) {
+        (true, Some(last), Some(change)) => (last, change.time),
+        _ => (
+            last.map_or(horizon, |last| last.max(horizon)),
+            heft_service::time::now(),
+        ),
+    };
+    Ok(ChangePage {
+        changes,
+        next,
+        next_since,
+    })
 }
 
 /// A row of `user_columns!()` and `password_hash`.
@@ -356,5 +447,25 @@ heft_service::traced_store_trait! {
         async fn list_purge_records(&self, query: &PurgeJobQuery) -> StoreResult<Vec<PurgeRecord>>;
 
         async fn purge_queue_stats(&self) -> StoreResult<PurgeQueueStats>;
+
+        /// Up to `limit` changes after `after`, oldest first, and where the
+        /// next page starts.
+        async fn list_user_changes(
+            &self,
+            after: ChangePosition,
+            limit: u32,
+        ) -> StoreResult<ChangePage<UserChange>>;
+
+        /// Where a reader starting now begins: every change committed from
+        /// now on comes after it.
+        async fn user_changes_head(&self) -> StoreResult<ChangePosition>;
+
+        /// Removes up to `limit` of the oldest changes if written before
+        /// `before`; how many it removed.
+        async fn remove_user_changes_before(
+            &self,
+            before: DateTime<Utc>,
+            limit: u32,
+        ) -> StoreResult<u64>;
     }
 }

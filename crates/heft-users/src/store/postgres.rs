@@ -8,13 +8,16 @@ use heft_service::user_token::TokenSigningKey;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use heft_service::changes::{ChangePage, ChangePosition, postgres_horizon};
+
 use super::{
     CredentialsRow, JobRow, RecordRow, StoreError, StoreResult, StoredTokenKey, TokenKeyRow,
-    UserRow, UserStore, record_columns, rows_into, state_column, unit_code, user_columns,
+    UserChangeRow, UserRow, UserStore, change_columns, into_change_page, record_columns, rows_into,
+    state_column, unit_code, user_columns,
 };
 use crate::domain::{
     Credentials, Email, HashReplacement, LoginAttempt, LoginThrottle, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, ThrottleKey, User, UserId, UserName, UserPatch,
+    PurgeQueueStats, PurgeRecord, ThrottleKey, User, UserChange, UserId, UserName, UserPatch,
 };
 use heft_service::time;
 
@@ -377,5 +380,55 @@ impl UserStore for PostgresUserStore {
             purged,
             oldest_pending_age: oldest_age_secs.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
         })
+    }
+
+    async fn list_user_changes(
+        &self,
+        after: ChangePosition,
+        limit: u32,
+    ) -> StoreResult<ChangePage<UserChange>> {
+        let mut connection = self.pool.acquire().await?;
+        // Every transaction below the horizon has ended: no change can
+        // still commit there, so the rows below it are final.
+        let horizon = postgres_horizon(&mut connection).await?;
+        let rows = sqlx::query_as::<_, UserChangeRow>(concat!(
+            "SELECT xid::text::int8 AS xid, ",
+            change_columns!(),
+            " FROM user_changes
+             WHERE (xid, seq) > ($1::text::xid8, $2) AND xid < $3::text::xid8
+             ORDER BY xid, seq LIMIT $4"
+        ))
+        .bind(after.xid)
+        .bind(after.seq)
+        .bind(horizon.xid)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *connection)
+        .await?;
+        into_change_page(rows, limit, horizon)
+    }
+
+    async fn user_changes_head(&self) -> StoreResult<ChangePosition> {
+        let mut connection = self.pool.acquire().await?;
+        Ok(postgres_horizon(&mut connection).await?)
+    }
+
+    async fn remove_user_changes_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        // The oldest rows in feed order, of which those written before the
+        // cutoff: a bounded read whether or not any has expired.
+        Ok(sqlx::query(
+            "DELETE FROM user_changes WHERE ctid = ANY (ARRAY(
+                SELECT ctid FROM (
+                    SELECT ctid, change_time FROM user_changes ORDER BY xid, seq LIMIT $2
+                ) AS oldest WHERE change_time < $1))",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 }

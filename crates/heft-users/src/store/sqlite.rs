@@ -9,13 +9,16 @@ use heft_service::{db::Timestamp, time};
 use sqlx::SqlitePool;
 use uuid::Uuid;
 
+use heft_service::changes::{ChangePage, ChangePosition};
+
 use super::{
     CredentialsRow, JobRow, RecordRow, StoreError, StoreResult, StoredTokenKey, TokenKeyRow,
-    UserRow, UserStore, record_columns, rows_into, state_column, unit_code, user_columns,
+    UserChangeRow, UserRow, UserStore, change_columns, into_change_page, record_columns, rows_into,
+    state_column, unit_code, user_columns,
 };
 use crate::domain::{
     Credentials, Email, HashReplacement, LoginAttempt, LoginThrottle, PurgeJob, PurgeJobQuery,
-    PurgeQueueStats, PurgeRecord, ThrottleKey, User, UserId, UserName, UserPatch,
+    PurgeQueueStats, PurgeRecord, ThrottleKey, User, UserChange, UserId, UserName, UserPatch,
 };
 
 #[derive(Debug, Clone)]
@@ -393,5 +396,49 @@ impl UserStore for SqliteUserStore {
             oldest_pending_age: oldest_pending
                 .map(|created| (time::now() - created.0).to_std().unwrap_or_default()),
         })
+    }
+
+    async fn list_user_changes(
+        &self,
+        after: ChangePosition,
+        limit: u32,
+    ) -> StoreResult<ChangePage<UserChange>> {
+        // One writer at a time: changes commit in the order of their seq.
+        let rows = sqlx::query_as::<_, UserChangeRow>(concat!(
+            "SELECT 0 AS xid, ",
+            change_columns!(),
+            " FROM user_changes WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after.seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        into_change_page(rows, limit, after)
+    }
+
+    async fn user_changes_head(&self) -> StoreResult<ChangePosition> {
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'user_changes'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ChangePosition { xid: 0, seq })
+    }
+
+    async fn remove_user_changes_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM user_changes WHERE seq IN (
+                SELECT seq FROM (SELECT seq, change_time FROM user_changes ORDER BY seq LIMIT $2)
+                WHERE change_time < $1)",
+        )
+        .bind(Timestamp(before))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 }

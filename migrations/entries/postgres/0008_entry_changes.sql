@@ -1,0 +1,81 @@
+-- The entries changes feed (docs/design.md, "Changes feeds"). Each write adds
+-- its change in the same statement (a data-modifying CTE), with the id of its
+-- transaction: a reader serves only changes below the oldest transaction
+-- still in flight (pg_snapshot_xmin), ordered by (xid, seq), so a change that
+-- commits after a later-numbered one is never skipped.
+CREATE TABLE entry_changes (
+    seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    -- 1 upserted, 2 deleted, 3 user purged.
+    change_type SMALLINT NOT NULL CHECK (change_type IN (1, 2, 3)),
+    -- NULL for a user's purge.
+    entry_id    UUID,
+    user_id     UUID NOT NULL,
+    -- The entry after an upsert; NULL otherwise.
+    value       DOUBLE PRECISION,
+    unit        SMALLINT,
+    recorded_on DATE,
+    note        TEXT,
+    create_time TIMESTAMPTZ,
+    update_time TIMESTAMPTZ,
+    change_time TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- A page of the whole feed, and the retention's oldest rows.
+CREATE INDEX entry_changes_in_order ON entry_changes (xid, seq);
+-- A page of one user's changes, and the purge of them.
+CREATE INDEX entry_changes_by_user ON entry_changes (user_id, xid, seq);
+
+-- A purge batch also removes up to batch_limit of the user's earlier
+-- changes (the USER_PURGED change stays); the purge is complete only when
+-- none is left. Otherwise as in 0005.
+CREATE OR REPLACE FUNCTION purge_entries_batch(
+    target uuid,
+    batch_limit bigint,
+    OUT deleted bigint,
+    OUT total bigint,
+    OUT complete boolean
+) LANGUAGE plpgsql SET enable_bitmapscan = on AS $$
+DECLARE
+    deleted_before bigint;
+    swept bigint;
+    changes_removed bigint;
+BEGIN
+    SELECT deleted_count INTO deleted_before FROM purged_users WHERE user_id = target;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF deleted_before = 0 THEN
+        SELECT count(*) <= batch_limit INTO complete
+        FROM (SELECT 1 FROM entries WHERE user_id = target LIMIT batch_limit + 1) AS counted;
+    ELSE
+        complete := false;
+    END IF;
+    IF complete THEN
+        DELETE FROM entries WHERE user_id = target;
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+    ELSE
+        DELETE FROM entries
+        WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM entries WHERE user_id = target LIMIT batch_limit));
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+        IF deleted < batch_limit THEN
+            DELETE FROM entries WHERE user_id = target;
+            GET DIAGNOSTICS swept = ROW_COUNT;
+            deleted := deleted + swept;
+            complete := true;
+        END IF;
+    END IF;
+    DELETE FROM entry_changes
+    WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM entry_changes
+        WHERE user_id = target AND change_type <> 3 LIMIT batch_limit));
+    GET DIAGNOSTICS changes_removed = ROW_COUNT;
+    IF changes_removed >= batch_limit THEN
+        complete := false;
+    END IF;
+    UPDATE purged_users SET deleted_count = deleted_count + deleted
+    WHERE user_id = target
+    RETURNING deleted_count INTO total;
+END
+$$;
