@@ -35,6 +35,8 @@ const METHODS: &[(&str, Option<&str>)] = &[
     ("GetEntry", Some("entries.read")),
     ("ListEntries", Some("entries.read")),
     ("SummarizeEntries", Some("entries.read")),
+    ("ListEntryChanges", Some("entries.read")),
+    ("ListUserChanges", Some("users.changes")),
     ("PurgeUserEntries", None),
 ];
 
@@ -176,6 +178,25 @@ async fn call(stack: &Stack, method: &str, token: &str) -> tonic::Status {
             .entries
             .purge_user_entries(with_token(
                 entries_pb::PurgeUserEntriesRequest { user_id: id },
+                token,
+            ))
+            .await
+            .map(drop),
+        "ListEntryChanges" => clients
+            .entries
+            .list_entry_changes(with_token(
+                entries_pb::ListEntryChangesRequest {
+                    user_id: id,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        "ListUserChanges" => clients
+            .users
+            .list_user_changes(with_token(
+                users_pb::ListUserChangesRequest::default(),
                 token,
             ))
             .await
