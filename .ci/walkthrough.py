@@ -3,8 +3,9 @@
 against both services started by `heft` on fresh SQLite databases.
 
 Every line of the walkthrough's code block runs in order in bash; the
-placeholders <user-id>, <entry-id> and <uuid> are filled from earlier answers
-(CreateUser, CreateEntry) or a new UUID. Any line that fails fails the run.
+placeholders <user-id>, <entry-id>, <entry-change-token>, <user-change-token>
+and <uuid> are filled from earlier answers (CreateUser, CreateEntry, the last
+ListEntryChanges and ListUserChanges) or a new UUID. Any line that fails fails the run.
 
 Usage: .ci/walkthrough.py HEFT_BINARY GRPCURL_BINARY
 """
@@ -127,6 +128,12 @@ def run_block(heft, env, workdir, lines, shell_vars=None):
                 filled["<user-id>"] = json.loads(result.stdout)["id"]
             if "/CreateEntry" in line:
                 filled["<entry-id>"] = json.loads(result.stdout)["id"]
+            for method, placeholder in (("/ListEntryChanges", "<entry-change-token>"),
+                                        ("/ListUserChanges", "<user-change-token>")):
+                if method in line:
+                    answer = json.loads(result.stdout)
+                    filled[placeholder] = (answer.get("nextChangeToken")
+                                           or answer["next_change_token"])
             if "/Authenticate" in line:
                 answer = json.loads(result.stdout)
                 filled["<access-token>"] = answer.get("accessToken") or answer["access_token"]
