@@ -65,6 +65,23 @@ impl Copy {
         }
     }
 
+    /// Follows until `done` holds: on PostgreSQL a change is served once no
+    /// older transaction is open on the server (other tests' included).
+    async fn until(&mut self, stack: &Stack, user_id: &str, done: impl Fn(&Copy) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            self.follow(stack, user_id).await;
+            if done(self) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the feed never caught up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     fn apply(&mut self, change: &entries_pb::EntryChange) {
         assert!(change.change_time.is_some());
         match change.change_type {
@@ -132,6 +149,26 @@ fn new_entry(user_id: &str, day: i32, note: &str) -> entries_pb::CreateEntryRequ
         }),
         note: note.to_owned(),
         request_id: String::new(),
+    }
+}
+
+/// Every user change from `token` on, once `done` holds for them.
+async fn user_changes_until(
+    stack: &Stack,
+    token: &str,
+    done: impl Fn(&[users_pb::UserChange]) -> bool,
+) -> Vec<users_pb::UserChange> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let changes = user_changes(stack, token.to_owned()).await;
+        if done(&changes) {
+            return changes;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed never caught up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
@@ -220,10 +257,12 @@ async fn a_copy_kept_from_the_feeds_matches_the_service(db: TestDatabase) {
         .await
         .expect("delete");
 
-    copy.follow(&stack, "").await;
-    assert_eq!(copy.of(&gone), listed(&stack, &gone).await);
-    assert_eq!(copy.of(&stays), listed(&stack, &stays).await);
-    assert_eq!(copy.of(&gone).len(), 4);
+    let (of_gone, of_stays_now) = (listed(&stack, &gone).await, listed(&stack, &stays).await);
+    assert_eq!(of_gone.len(), 4);
+    copy.until(&stack, "", |copy| {
+        copy.of(&gone) == of_gone && copy.of(&stays) == of_stays_now
+    })
+    .await;
 
     // One user's feed: only theirs.
     let mut of_stays = Copy::default();
@@ -233,17 +272,26 @@ async fn a_copy_kept_from_the_feeds_matches_the_service(db: TestDatabase) {
         .create_entry(authorized(new_entry(&stays, 10, "")))
         .await
         .expect("create");
-    of_stays.follow(&stack, &stays).await;
+    of_stays
+        .until(&stack, &stays, |copy| !copy.seen.is_empty())
+        .await;
     assert_eq!(of_stays.seen.len(), 1);
 
     // The user is deleted: the copy loses their entries too.
     clients.delete_user(&gone, None).await.expect("delete user");
-    copy.follow(&stack, "").await;
-    assert!(copy.of(&gone).is_empty());
-    assert_eq!(copy.of(&stays), listed(&stack, &stays).await);
+    let of_stays_now = listed(&stack, &stays).await;
+    copy.until(&stack, "", |copy| copy.of(&gone).is_empty())
+        .await;
+    assert_eq!(copy.of(&stays), of_stays_now);
 
     // Read from before the user existed: nothing of theirs but the erasure.
-    from_the_start.follow(&stack, "").await;
+    from_the_start
+        .until(&stack, "", |copy| {
+            copy.seen
+                .iter()
+                .any(|change| change.change_type == USER_PURGED && change.user_id == gone)
+        })
+        .await;
     let of_gone: Vec<&entries_pb::EntryChange> = from_the_start
         .seen
         .iter()
@@ -254,7 +302,13 @@ async fn a_copy_kept_from_the_feeds_matches_the_service(db: TestDatabase) {
     assert!(!format!("{:?}", from_the_start.seen).contains("a private note"));
     assert_eq!(from_the_start.of(&stays), listed(&stack, &stays).await);
 
-    let user_feed = user_changes(&stack, users_token).await;
+    let deleted = users_pb::UserChangeType::Deleted as i32;
+    let user_feed = user_changes_until(&stack, &users_token, |changes| {
+        changes
+            .iter()
+            .any(|change| change.change_type == deleted && change.user_id == gone)
+    })
+    .await;
     let of_gone: Vec<&users_pb::UserChange> = user_feed
         .iter()
         .filter(|change| change.user_id == gone)

@@ -111,6 +111,27 @@ impl Mirror {
         }
     }
 
+    /// Follows the feed until `done` holds. On PostgreSQL a change is served
+    /// once no older transaction is open anywhere on the server (other
+    /// tests' included): it may take a moment.
+    async fn until(
+        &mut self,
+        store: &dyn EntryStore,
+        user: Option<UserId>,
+        page: u32,
+        done: impl Fn(&Mirror) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.follow(store, user, page).await;
+            if done(self) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the feed never caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn of(&self, user: UserId) -> Vec<Entry> {
         self.entries
             .get(&user)
@@ -178,7 +199,10 @@ async fn a_copy_built_from_the_feed_equals_the_entries(db: TestDatabase) {
         .await
         .expect("update");
 
-    assert_eq!(mirror.follow(&*store, None, 3).await, 1 + 7 + 1 + 1 + 1);
+    mirror
+        .until(&*store, None, 3, |mirror| mirror.seen.len() >= 11)
+        .await;
+    assert_eq!(mirror.seen.len(), 1 + 7 + 1 + 1 + 1);
     // The entry created before the feed was never seen: a copy reads the
     // state first. Everything after is.
     let alice_now = entries_of(&*store, alice).await;
@@ -233,8 +257,11 @@ async fn a_purge_is_one_change_and_takes_the_earlier_ones(db: TestDatabase) {
         position: from_the_start.position,
         ..Mirror::default()
     };
-    follower.follow(&*store, None, 100).await;
-    assert_eq!(follower.of(gone).len(), 39);
+    follower
+        .until(&*store, None, 100, |follower| {
+            follower.of(gone).len() == 39 && follower.of(stays).len() == 1
+        })
+        .await;
     let far = Instant::now() + Duration::from_secs(60);
     let progress = purge::purge_user(&*store, gone, time::now(), 7, far)
         .await
@@ -244,11 +271,18 @@ async fn a_purge_is_one_change_and_takes_the_earlier_ones(db: TestDatabase) {
     purge::purge_user(&*store, gone, time::now(), 7, far)
         .await
         .expect("purge again");
-    follower.follow(&*store, None, 100).await;
-    assert!(follower.of(gone).is_empty());
+    follower
+        .until(&*store, None, 100, |follower| follower.of(gone).is_empty())
+        .await;
+    assert_eq!(follower.of(stays).len(), 1);
 
     // Read from before the user existed: one USER_PURGED, nothing earlier.
-    from_the_start.follow(&*store, None, 5).await;
+    let purged = EntryChange::UserPurged { user_id: gone };
+    from_the_start
+        .until(&*store, None, 5, |mirror| {
+            mirror.seen.iter().any(|change| change.change == purged)
+        })
+        .await;
     let of_gone: Vec<&TimedChange> = from_the_start
         .seen
         .iter()
@@ -365,10 +399,15 @@ async fn a_reader_following_concurrent_writers_misses_nothing() {
     for writer in finished {
         writer.expect("writer");
     }
-    // Once every writer has committed, the horizon passes their changes.
-    mirror.follow(&*store, None, 97).await;
     assert!(pages > 1, "the reader followed while the writers ran");
+    // Once every writer has committed, the horizon passes their changes.
+    let mut expected = HashMap::new();
     for &user in &users {
-        assert_eq!(mirror.of(user), entries_of(&*store, user).await, "{user:?}");
+        expected.insert(user, entries_of(&*store, user).await);
     }
+    mirror
+        .until(&*store, None, 97, |mirror| {
+            users.iter().all(|user| mirror.of(*user) == expected[user])
+        })
+        .await;
 }

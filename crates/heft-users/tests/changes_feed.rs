@@ -39,8 +39,31 @@ fn new_user(email: &str, name: &str) -> Credentials {
     }
 }
 
-/// Every change after `after`, in pages of `page`.
-async fn follow(store: &dyn UserStore, mut after: ChangePosition, page: u32) -> Vec<UserChange> {
+/// Every change after `after`, in pages of `page`, once there are at least
+/// `expected` (on PostgreSQL a change is served once no older transaction
+/// is open on the server, other tests' included: it may take a moment).
+async fn follow(
+    store: &dyn UserStore,
+    after: ChangePosition,
+    page: u32,
+    expected: usize,
+) -> Vec<UserChange> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = read_all(store, after, page).await;
+        if seen.len() >= expected {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {expected} changes",
+            seen.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn read_all(store: &dyn UserStore, mut after: ChangePosition, page: u32) -> Vec<UserChange> {
     let mut seen = Vec::new();
     loop {
         let changes = store.list_user_changes(after, page).await.expect("changes");
@@ -97,7 +120,7 @@ async fn a_deletion_leaves_only_the_id_in_the_feed(db: TestDatabase) {
             .expect("password")
     );
 
-    let seen = follow(&*store, head, 2).await;
+    let seen = follow(&*store, head, 2, 4).await;
     let kinds: Vec<&UserChangeKind> = seen.iter().map(|change| &change.kind).collect();
     assert_eq!(kinds.len(), 4, "{kinds:?}");
     assert_eq!(kinds[0], &UserChangeKind::Created(gone.user.clone()));
@@ -114,7 +137,7 @@ async fn a_deletion_leaves_only_the_id_in_the_feed(db: TestDatabase) {
         .delete_user(gone.user.id, &job, Duration::ZERO)
         .await
         .expect("delete");
-    let seen = follow(&*store, head, 3).await;
+    let seen = follow(&*store, head, 3, 3).await;
     let of_gone: Vec<&UserChangeKind> = seen
         .iter()
         .map(|change| &change.kind)
@@ -137,5 +160,5 @@ async fn a_deletion_leaves_only_the_id_in_the_feed(db: TestDatabase) {
             .expect("remove"),
         2
     );
-    assert_eq!(follow(&*store, head, 10).await.len(), 1);
+    assert_eq!(follow(&*store, head, 10, 1).await.len(), 1);
 }

@@ -27,8 +27,12 @@ CREATE INDEX entry_changes_in_order ON entry_changes (xid, seq);
 CREATE INDEX entry_changes_by_user ON entry_changes (user_id, xid, seq);
 
 -- A purge batch also removes up to batch_limit of the user's earlier
--- changes (the USER_PURGED change stays); the purge is complete only when
--- none is left. Otherwise as in 0005.
+-- changes; the purge is complete only when none is left, and the batch that
+-- completes it adds the user's one USER_PURGED change. In that transaction
+-- it sorts after every change of the user a reader can ever be served: a
+-- write to one of the user's entries either committed before this batch's
+-- statements (its change is removed here) or waited for it (and found no
+-- entry). Otherwise as in 0005.
 CREATE OR REPLACE FUNCTION purge_entries_batch(
     target uuid,
     batch_limit bigint,
@@ -73,6 +77,12 @@ BEGIN
     GET DIAGNOSTICS changes_removed = ROW_COUNT;
     IF changes_removed >= batch_limit THEN
         complete := false;
+    END IF;
+    IF complete THEN
+        INSERT INTO entry_changes (change_type, user_id)
+        SELECT 3, target
+        WHERE NOT EXISTS (
+            SELECT 1 FROM entry_changes WHERE user_id = target AND change_type = 3);
     END IF;
     UPDATE purged_users SET deleted_count = deleted_count + deleted
     WHERE user_id = target

@@ -31,14 +31,9 @@ CREATE TRIGGER entry_updated AFTER UPDATE ON entries BEGIN
 END;
 
 -- A purged user's entries go without a change each: the purge is one
--- USER_PURGED change.
+-- USER_PURGED change, added by the batch that completes it.
 CREATE TRIGGER entry_deleted AFTER DELETE ON entries
 WHEN NOT EXISTS (SELECT 1 FROM purged_users WHERE user_id = OLD.user_id) BEGIN
     INSERT INTO entry_changes (change_type, entry_id, user_id, change_time)
     VALUES (2, OLD.id, OLD.user_id, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER));
-END;
-
-CREATE TRIGGER user_purged AFTER INSERT ON purged_users BEGIN
-    INSERT INTO entry_changes (change_type, user_id, change_time)
-    VALUES (3, NEW.user_id, NEW.purged_at);
 END;

@@ -373,15 +373,9 @@ impl EntryStore for PostgresEntryStore {
 
     async fn leave_tombstone(&self, user_id: UserId, now: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.lock_user(user_id, true).await?;
-        // The first tombstone of a user is its one USER_PURGED change.
-        sqlx::query(
-            "WITH tombstone AS (
-                INSERT INTO purged_users (user_id, purged_at) VALUES ($1, $2)
-                ON CONFLICT (user_id) DO NOTHING RETURNING user_id)
-             INSERT INTO entry_changes (change_type, user_id) SELECT 3, user_id FROM tombstone",
-        )
-        .bind(user_id.0)
-        .bind(now)
+        sqlx::query("INSERT INTO purged_users (user_id, purged_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING")
+            .bind(user_id.0)
+            .bind(now)
         .execute(&mut *tx)
         .await?;
         // The exclusive row lock waits for every create holding a share lock.

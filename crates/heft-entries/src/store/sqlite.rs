@@ -257,11 +257,24 @@ impl EntryStore for SqliteEntryStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotPurged)?;
+        let complete = deleted < u64::from(limit) && changes_removed < u64::from(limit);
+        if complete {
+            // The user's one USER_PURGED change, after every earlier one.
+            sqlx::query(
+                "INSERT INTO entry_changes (change_type, user_id, change_time)
+                 SELECT 3, $1, $2 WHERE NOT EXISTS (
+                    SELECT 1 FROM entry_changes WHERE user_id = $1 AND change_type = 3)",
+            )
+            .bind(user_id.0)
+            .bind(Timestamp(heft_service::time::now()))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(BatchDeleted {
             deleted,
             total: u64::try_from(total).unwrap_or(0),
-            complete: deleted < u64::from(limit) && changes_removed < u64::from(limit),
+            complete,
         })
     }
 
