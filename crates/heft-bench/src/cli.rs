@@ -67,6 +67,10 @@ pub enum Phase {
     /// no ANALYZE since: one far heavier than the others.
     ListFresh,
     Create,
+    /// UpdateEntry of a note against the UPDATE alone.
+    Update,
+    /// ListEntryChanges, pages of 500 anywhere in the feed.
+    Feed,
     Batch,
     Login,
     /// Authenticate with more clients than the hashing queue admits.

@@ -8,7 +8,7 @@ use sqlx::{
 use tokio::sync::{Mutex, MutexGuard};
 
 /// The floor decodes its rows as heft-entries does: every column, by position.
-pub use heft_entries::store::EntryRow;
+pub use heft_entries::store::{EntryChangeRow, EntryRow};
 
 /// The floor's connections: one per worker, held for the whole phase, as
 /// pgbench's clients: no pool, no ping, the statement alone. Their sessions

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::{
     cli::{Args, Phase},
     clients::{Clients, Seeded},
-    floor::{EntryRow, FloorConnections, raw_pool},
+    floor::{EntryChangeRow, EntryRow, FloorConnections, raw_pool},
     load::{Call, CpuProbe, Measured, alternate, closed_loop, paced_loop, per_call},
     report::{CpuRow, Report, Row, mib, throughput},
     sample::{PASSWORD, kilograms, new_entry, recorded_on},
@@ -44,6 +44,9 @@ pub struct Bench {
     users_mib_idle_after_logins: Option<f64>,
     /// Measured once, so that both login phases compare with one ceiling.
     hashing: Option<Hashing>,
+    /// The entry feed's token from before the seeding: every seeded entry
+    /// is a change after it.
+    feed_start: Option<String>,
 }
 
 /// The bare reference server (`bare`) and clients of it.
@@ -63,6 +66,13 @@ impl Bench {
             "seeding {} entries over {} users through BatchCreateEntries",
             args.entries, args.users
         );
+        // None from a heft without the feed (a run of an older build).
+        let feed_start = clients
+            .entries(0)
+            .list_entry_changes(clients.request(entries_pb::ListEntryChangesRequest::default()))
+            .await
+            .ok()
+            .map(|answer| answer.into_inner().next_change_token);
         let seeding = Instant::now();
         let seeded = Seeded::through(&clients, &args).await?;
         report.details.push(format!(
@@ -100,6 +110,7 @@ impl Bench {
             users_mib_at_login_load: None,
             users_mib_idle_after_logins: None,
             hashing: None,
+            feed_start,
         })
     }
 
@@ -111,6 +122,8 @@ impl Bench {
             Phase::List => self.list().await,
             Phase::ListFresh => self.list_fresh().await,
             Phase::Create => self.create().await,
+            Phase::Update => self.update().await,
+            Phase::Feed => self.feed().await,
             Phase::Batch => self.batch().await,
             Phase::Login => self.login().await,
             Phase::LoginOverload => self.login_overload().await,
@@ -499,6 +512,137 @@ impl Bench {
             .await;
         self.report
             .ratio("CreateEntry", &heft, &floor, "≥ 0.6", Some(0.6));
+        Ok(())
+    }
+
+    /// UpdateEntry of a note against the UPDATE of the same row alone (heft
+    /// also records the change in the feed, in the same statement).
+    async fn update(&mut self) -> anyhow::Result<()> {
+        eprintln!("phase: UpdateEntry");
+        let heft = per_call(
+            (self.clients.clone(), self.seeded.clone()),
+            |(clients, seeded), worker, i| async move {
+                let id = seeded.any_entry().to_owned();
+                clients
+                    .entries(worker)
+                    .update_entry(clients.request(entries_pb::UpdateEntryRequest {
+                        entry: Some(entries_pb::Entry {
+                            id,
+                            note: format!("note {i}"),
+                            ..Default::default()
+                        }),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["note".into()],
+                        }),
+                    }))
+                    .await
+                    .map(drop)
+            },
+        );
+        let floor = per_call(
+            (self.floor.clone(), self.seeded.clone()),
+            |(floor, seeded), worker, i| async move {
+                let id: Uuid = seeded.any_entry().parse()?;
+                sqlx::query_as::<_, EntryRow>(
+                    "UPDATE entries SET note = $2, update_time = $3 WHERE id = $1
+                     RETURNING id, user_id, value, unit, recorded_on, note, create_time, update_time",
+                )
+                .bind(id)
+                .bind(format!("note {i}"))
+                .bind(Utc::now())
+                .fetch_optional(&mut *floor.connection(worker).await)
+                .await?;
+                anyhow::Ok(())
+            },
+        );
+        let workers = self.args.concurrency;
+        let (heft, floor) = self
+            .entries_against_floor("UpdateEntry", workers, heft, floor)
+            .await;
+        self.report.ratio("UpdateEntry", &heft, &floor, "—", None);
+        Ok(())
+    }
+
+    /// ListEntryChanges, a page of 500 from a token anywhere in the seeded
+    /// feed, against the page's SELECT run directly.
+    async fn feed(&mut self) -> anyhow::Result<()> {
+        const PAGE: i32 = 500;
+        const PAGES: usize = 200;
+        eprintln!("phase: ListEntryChanges");
+        let mut tokens = Vec::new();
+        let mut token = self
+            .feed_start
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("this heft-entries has no changes feed"))?;
+        while tokens.len() < PAGES {
+            let page = self
+                .clients
+                .entries(0)
+                .list_entry_changes(self.clients.request(entries_pb::ListEntryChangesRequest {
+                    change_token: token.clone(),
+                    page_size: PAGE,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner();
+            if page.changes.len() < PAGE as usize {
+                break;
+            }
+            tokens.push(token);
+            token = page.next_change_token;
+        }
+        anyhow::ensure!(!tokens.is_empty(), "the feed holds less than a page");
+        let positions: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT xid::text::int8, seq FROM (
+                SELECT xid, seq, row_number() OVER (ORDER BY xid, seq) AS n FROM entry_changes
+             ) AS numbered WHERE n % $1 = 0 ORDER BY n LIMIT $2",
+        )
+        .bind(i64::from(PAGE))
+        .bind(i64::try_from(tokens.len()).unwrap_or(1))
+        .fetch_all(&self.raw)
+        .await?;
+        let tokens = Arc::new(tokens);
+        let heft = per_call(
+            (self.clients.clone(), tokens.clone()),
+            |(clients, tokens), worker, i| async move {
+                let change_token = tokens[(i as usize * 7 + worker) % tokens.len()].clone();
+                clients
+                    .entries(worker)
+                    .list_entry_changes(clients.request(entries_pb::ListEntryChangesRequest {
+                        change_token,
+                        page_size: PAGE,
+                        ..Default::default()
+                    }))
+                    .await
+                    .map(drop)
+            },
+        );
+        let positions = Arc::new(positions);
+        let floor = per_call(
+            (self.floor.clone(), positions),
+            |(floor, positions), worker, i| async move {
+                let (xid, seq) = positions[(i as usize * 7 + worker) % positions.len()];
+                sqlx::query_as::<_, EntryChangeRow>(
+                    "SELECT xid::text::int8 AS xid, seq, change_type, entry_id, user_id, value, unit,
+                        recorded_on, note, create_time, update_time, change_time
+                     FROM entry_changes
+                     WHERE (xid, seq) > ($1::text::xid8, $2)
+                        AND xid < pg_snapshot_xmin(pg_current_snapshot())
+                     ORDER BY xid, seq LIMIT 500",
+                )
+                .bind(xid)
+                .bind(seq)
+                .fetch_all(&mut *floor.connection(worker).await)
+                .await?;
+                anyhow::Ok(())
+            },
+        );
+        let workers = self.args.concurrency;
+        let (heft, floor) = self
+            .entries_against_floor("ListEntryChanges", workers, heft, floor)
+            .await;
+        self.report
+            .ratio("ListEntryChanges (page of 500)", &heft, &floor, "—", None);
         Ok(())
     }
 
