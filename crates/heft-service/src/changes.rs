@@ -53,11 +53,11 @@ pub struct ChangePage<T> {
 /// On PostgreSQL, the oldest transaction still in flight, as a position:
 /// every change before it is committed or gone for good, every change
 /// still to commit comes after it.
-pub async fn postgres_horizon(
-    connection: &mut sqlx::PgConnection,
+pub async fn postgres_horizon<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
 ) -> Result<ChangePosition, sqlx::Error> {
     let xid: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8")
-        .fetch_one(connection)
+        .fetch_one(executor)
         .await?;
     Ok(ChangePosition { xid, seq: 0 })
 }
@@ -77,6 +77,122 @@ impl ListTokens {
             changes: ChangeTokens::new(pages.clone(), retention_days),
             pages,
         }
+    }
+}
+
+/// A page of at most `limit` rows read in feed order below `horizon`,
+/// turned into changes: a full page continues after its last row, a shorter
+/// one reached the horizon (everything below it has been read).
+pub fn page_of<R, T, E>(
+    rows: Vec<R>,
+    limit: u32,
+    horizon: ChangePosition,
+    position: impl Fn(&R) -> ChangePosition,
+    change: impl Fn(R) -> Result<(T, DateTime<Utc>), E>,
+) -> Result<ChangePage<T>, E> {
+    let full = rows.len() >= limit as usize;
+    let last = rows.last().map(&position);
+    let mut last_time = None;
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (item, time) = change(row)?;
+        last_time = Some(time);
+        changes.push(item);
+    }
+    let (next, next_since) = match (full, last, last_time) {
+        (true, Some(last), Some(time)) => (last, time),
+        _ => (
+            last.map_or(horizon, |last| last.max(horizon)),
+            crate::time::now(),
+        ),
+    };
+    Ok(ChangePage {
+        changes,
+        next,
+        next_since,
+    })
+}
+
+/// The statements every feed table runs alike: its head on SQLite, and the
+/// removal of its expired rows on either backend ([`feed_table!`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FeedTable {
+    pub postgres_remove_expired: &'static str,
+    pub sqlite_remove_expired: &'static str,
+    pub sqlite_head: &'static str,
+}
+
+/// The [`FeedTable`] statements of the table named `$table`: the oldest
+/// `$2` rows in feed order, of which those written before `$1` (a bounded
+/// read, whether or not any has expired).
+#[macro_export]
+macro_rules! feed_table {
+    ($table:literal) => {
+        $crate::changes::FeedTable {
+            postgres_remove_expired: concat!(
+                "DELETE FROM ",
+                $table,
+                " WHERE ctid = ANY (ARRAY(
+                    SELECT ctid FROM (
+                        SELECT ctid, change_time FROM ",
+                $table,
+                " ORDER BY xid, seq LIMIT $2
+                    ) AS oldest WHERE change_time < $1))"
+            ),
+            sqlite_remove_expired: concat!(
+                "DELETE FROM ",
+                $table,
+                " WHERE seq IN (
+                    SELECT seq FROM (SELECT seq, change_time FROM ",
+                $table,
+                " ORDER BY seq LIMIT $2)
+                    WHERE change_time < $1)"
+            ),
+            sqlite_head: concat!(
+                "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '",
+                $table,
+                "'), 0)"
+            ),
+        }
+    };
+}
+
+impl FeedTable {
+    pub async fn remove_expired_postgres(
+        &self,
+        pool: &sqlx::PgPool,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(self.postgres_remove_expired)
+            .bind(before)
+            .bind(i64::from(limit))
+            .execute(pool)
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn remove_expired_sqlite(
+        &self,
+        pool: &sqlx::SqlitePool,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(self.sqlite_remove_expired)
+            .bind(crate::db::Timestamp(before))
+            .bind(i64::from(limit))
+            .execute(pool)
+            .await?
+            .rows_affected())
+    }
+
+    /// On SQLite, one writer at a time: the head is the last seq handed out.
+    pub async fn sqlite_head(
+        &self,
+        pool: &sqlx::SqlitePool,
+    ) -> Result<ChangePosition, sqlx::Error> {
+        let seq: i64 = sqlx::query_scalar(self.sqlite_head).fetch_one(pool).await?;
+        Ok(ChangePosition { xid: 0, seq })
     }
 }
 

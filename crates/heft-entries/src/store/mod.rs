@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use heft_service::trace::Traced;
 use heft_service::{
     ErrorCode,
-    changes::{ChangePage, ChangePosition},
+    changes::{self, ChangePage, ChangePosition, FeedTable},
     db::{Database, DbError, Migrations, Timestamp},
     error::{Layer, LayeredError},
 };
@@ -244,31 +244,18 @@ impl TryFrom<EntryChangeRow> for TimedChange {
     }
 }
 
-/// A page of at most `limit` rows read in feed order, below `horizon`:
-/// a full page continues after its last row, a shorter one reached the
-/// horizon (everything below it has been read).
+/// The feed's statements that read alike on both backends.
+const FEED: FeedTable = heft_service::feed_table!("entry_changes");
+
 fn into_change_page(
     rows: Vec<EntryChangeRow>,
     limit: u32,
     horizon: ChangePosition,
 ) -> StoreResult<ChangePage<TimedChange>> {
-    let full = rows.len() >= limit as usize;
-    let last = rows.last().map(EntryChangeRow::position);
-    let changes = rows
-        .into_iter()
-        .map(TimedChange::try_from)
-        .collect::<StoreResult<Vec<_>>>()?;
-    let (next, next_since) = match (full, last, changes.last()) {
-        (true, Some(last), Some(change)) => (last, change.time),
-        _ => (
-            last.map_or(horizon, |last| last.max(horizon)),
-            heft_service::time::now(),
-        ),
-    };
-    Ok(ChangePage {
-        changes,
-        next,
-        next_since,
+    changes::page_of(rows, limit, horizon, EntryChangeRow::position, |row| {
+        let change = TimedChange::try_from(row)?;
+        let time = change.time;
+        Ok((change, time))
     })
 }
 

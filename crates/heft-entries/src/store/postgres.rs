@@ -28,8 +28,8 @@ use uuid::Uuid;
 use heft_service::changes::{ChangePage, ChangePosition, postgres_horizon};
 
 use super::{
-    BatchDeleted, EntryChangeRow, EntryRow, EntryStore, StoreError, StoreResult, change_columns,
-    entry_columns, into_change_page, into_entries, unit_code,
+    BatchDeleted, EntryChangeRow, EntryRow, EntryStore, FEED, StoreError, StoreResult,
+    change_columns, entry_columns, into_change_page, into_entries, unit_code,
 };
 use crate::domain::{
     ChangeQuery, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
@@ -426,7 +426,7 @@ impl EntryStore for PostgresEntryStore {
         let mut connection = self.pool.acquire().await?;
         // Every transaction below the horizon has ended: no change can
         // still commit there, so the rows below it are final.
-        let horizon = postgres_horizon(&mut connection).await?;
+        let horizon = postgres_horizon(&mut *connection).await?;
         let mut sql = QueryBuilder::<Postgres>::new(concat!(
             "SELECT xid::text::int8 AS xid, ",
             change_columns!(),
@@ -453,8 +453,7 @@ impl EntryStore for PostgresEntryStore {
     }
 
     async fn entry_changes_head(&self) -> StoreResult<ChangePosition> {
-        let mut connection = self.pool.acquire().await?;
-        Ok(postgres_horizon(&mut connection).await?)
+        Ok(postgres_horizon(&self.pool).await?)
     }
 
     async fn remove_entry_changes_before(
@@ -462,19 +461,9 @@ impl EntryStore for PostgresEntryStore {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        // The oldest rows in feed order, of which those written before the
-        // cutoff: a bounded read whether or not any has expired.
-        Ok(sqlx::query(
-            "DELETE FROM entry_changes WHERE ctid = ANY (ARRAY(
-                SELECT ctid FROM (
-                    SELECT ctid, change_time FROM entry_changes ORDER BY xid, seq LIMIT $2
-                ) AS oldest WHERE change_time < $1))",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        Ok(FEED
+            .remove_expired_postgres(&self.pool, before, limit)
+            .await?)
     }
 
     async fn entry_owners(

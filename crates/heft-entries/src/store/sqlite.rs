@@ -13,8 +13,8 @@ use uuid::Uuid;
 use heft_service::changes::{ChangePage, ChangePosition};
 
 use super::{
-    BatchDeleted, EntryChangeRow, EntryRow, EntryStore, StoreError, StoreResult, change_columns,
-    entry_columns, into_change_page, into_entries, unit_code,
+    BatchDeleted, EntryChangeRow, EntryRow, EntryStore, FEED, StoreError, StoreResult,
+    change_columns, entry_columns, into_change_page, into_entries, unit_code,
 };
 use crate::domain::{
     ChangeQuery, Entry, EntryId, EntryPatch, IdempotencyKey, ListQuery, Note, RecordedOn,
@@ -303,12 +303,7 @@ impl EntryStore for SqliteEntryStore {
     }
 
     async fn entry_changes_head(&self) -> StoreResult<ChangePosition> {
-        let seq: i64 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'entry_changes'), 0)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(ChangePosition { xid: 0, seq })
+        Ok(FEED.sqlite_head(&self.pool).await?)
     }
 
     async fn remove_entry_changes_before(
@@ -316,16 +311,9 @@ impl EntryStore for SqliteEntryStore {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "DELETE FROM entry_changes WHERE seq IN (
-                SELECT seq FROM (SELECT seq, change_time FROM entry_changes ORDER BY seq LIMIT $2)
-                WHERE change_time < $1)",
-        )
-        .bind(Timestamp(before))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        Ok(FEED
+            .remove_expired_sqlite(&self.pool, before, limit)
+            .await?)
     }
 
     async fn is_purged(&self, user_id: UserId) -> StoreResult<bool> {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use heft_service::changes::{ChangePage, ChangePosition, postgres_horizon};
 
 use super::{
-    CredentialsRow, JobRow, RecordRow, StoreError, StoreResult, StoredTokenKey, TokenKeyRow,
+    CredentialsRow, FEED, JobRow, RecordRow, StoreError, StoreResult, StoredTokenKey, TokenKeyRow,
     UserChangeRow, UserRow, UserStore, change_columns, into_change_page, record_columns, rows_into,
     state_column, unit_code, user_columns,
 };
@@ -390,7 +390,7 @@ impl UserStore for PostgresUserStore {
         let mut connection = self.pool.acquire().await?;
         // Every transaction below the horizon has ended: no change can
         // still commit there, so the rows below it are final.
-        let horizon = postgres_horizon(&mut connection).await?;
+        let horizon = postgres_horizon(&mut *connection).await?;
         let rows = sqlx::query_as::<_, UserChangeRow>(concat!(
             "SELECT xid::text::int8 AS xid, ",
             change_columns!(),
@@ -408,8 +408,7 @@ impl UserStore for PostgresUserStore {
     }
 
     async fn user_changes_head(&self) -> StoreResult<ChangePosition> {
-        let mut connection = self.pool.acquire().await?;
-        Ok(postgres_horizon(&mut connection).await?)
+        Ok(postgres_horizon(&self.pool).await?)
     }
 
     async fn remove_user_changes_before(
@@ -417,18 +416,8 @@ impl UserStore for PostgresUserStore {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        // The oldest rows in feed order, of which those written before the
-        // cutoff: a bounded read whether or not any has expired.
-        Ok(sqlx::query(
-            "DELETE FROM user_changes WHERE ctid = ANY (ARRAY(
-                SELECT ctid FROM (
-                    SELECT ctid, change_time FROM user_changes ORDER BY xid, seq LIMIT $2
-                ) AS oldest WHERE change_time < $1))",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        Ok(FEED
+            .remove_expired_postgres(&self.pool, before, limit)
+            .await?)
     }
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use heft_service::changes::{ChangePage, ChangePosition};
 
 use super::{
-    CredentialsRow, JobRow, RecordRow, StoreError, StoreResult, StoredTokenKey, TokenKeyRow,
+    CredentialsRow, FEED, JobRow, RecordRow, StoreError, StoreResult, StoredTokenKey, TokenKeyRow,
     UserChangeRow, UserRow, UserStore, change_columns, into_change_page, record_columns, rows_into,
     state_column, unit_code, user_columns,
 };
@@ -417,12 +417,7 @@ impl UserStore for SqliteUserStore {
     }
 
     async fn user_changes_head(&self) -> StoreResult<ChangePosition> {
-        let seq: i64 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'user_changes'), 0)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(ChangePosition { xid: 0, seq })
+        Ok(FEED.sqlite_head(&self.pool).await?)
     }
 
     async fn remove_user_changes_before(
@@ -430,15 +425,8 @@ impl UserStore for SqliteUserStore {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "DELETE FROM user_changes WHERE seq IN (
-                SELECT seq FROM (SELECT seq, change_time FROM user_changes ORDER BY seq LIMIT $2)
-                WHERE change_time < $1)",
-        )
-        .bind(Timestamp(before))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        Ok(FEED
+            .remove_expired_sqlite(&self.pool, before, limit)
+            .await?)
     }
 }
