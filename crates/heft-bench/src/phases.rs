@@ -628,7 +628,7 @@ impl Bench {
                      FROM entry_changes
                      WHERE (xid, seq) > ($1::text::xid8, $2)
                         AND xid < pg_snapshot_xmin(pg_current_snapshot())
-                     ORDER BY xid, seq LIMIT 500",
+                     ORDER BY entry_changes.xid, seq LIMIT 500",
                 )
                 .bind(xid)
                 .bind(seq)

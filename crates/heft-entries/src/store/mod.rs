@@ -21,7 +21,7 @@ use crate::domain::{
 mod postgres;
 mod sqlite;
 
-pub use postgres::{PostgresEntryStore, push_list_statement};
+pub use postgres::{PostgresEntryStore, push_changes_statement, push_list_statement};
 pub use sqlite::SqliteEntryStore;
 
 /// The entries schema, for each backend.

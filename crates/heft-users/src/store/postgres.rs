@@ -391,12 +391,14 @@ impl UserStore for PostgresUserStore {
         // Every transaction below the horizon has ended: no change can
         // still commit there, so the rows below it are final.
         let horizon = postgres_horizon(&mut *connection).await?;
+        // The order names the table's column: the output column `xid` is
+        // its text cast, which no index serves.
         let rows = sqlx::query_as::<_, UserChangeRow>(concat!(
             "SELECT xid::text::int8 AS xid, ",
             change_columns!(),
             " FROM user_changes
              WHERE (xid, seq) > ($1::text::xid8, $2) AND xid < $3::text::xid8
-             ORDER BY xid, seq LIMIT $4"
+             ORDER BY user_changes.xid, seq LIMIT $4"
         ))
         .bind(after.xid)
         .bind(after.seq)
