@@ -337,7 +337,7 @@ impl Bench {
         }
         let user_id: Uuid = user.parse()?;
         let insert = per_call(self.floor.clone(), move |floor, worker, i| async move {
-            insert_directly(&floor, worker, user_id, i).await
+            insert_directly(&floor, worker, user_id, i, true).await
         });
         for (label, token) in [
             ("the API token", stack::API_TOKEN.to_owned()),
@@ -499,19 +499,32 @@ impl Bench {
                 create_through(&clients, worker, user, i).await
             },
         );
-        let floor = per_call(
-            (self.floor.clone(), self.seeded.clone()),
-            |(floor, seeded), worker, i| async move {
-                let user: Uuid = seeded.any_user().0.parse()?;
-                insert_directly(&floor, worker, user, i).await
-            },
-        );
+        let floor = |change: bool| {
+            per_call(
+                (self.floor.clone(), self.seeded.clone()),
+                move |(floor, seeded), worker, i| async move {
+                    let user: Uuid = seeded.any_user().0.parse()?;
+                    insert_directly(&floor, worker, user, i, change).await
+                },
+            )
+        };
         let workers = self.args.concurrency;
-        let (heft, floor) = self
-            .entries_against_floor("CreateEntry", workers, heft, floor)
+        let (of_heft, of_floor) = self
+            .entries_against_floor("CreateEntry", workers, heft.clone(), floor(true))
             .await;
         self.report
-            .ratio("CreateEntry", &heft, &floor, "≥ 0.6", Some(0.6));
+            .ratio("CreateEntry", &of_heft, &of_floor, "≥ 0.6", Some(0.6));
+        // What the feed costs: against the INSERT of the entry alone.
+        let (of_heft, of_floor) = self
+            .entries_against_floor("CreateEntry", workers, heft, floor(false))
+            .await;
+        self.report.ratio(
+            "CreateEntry against the INSERT alone, without its change",
+            &of_heft,
+            &of_floor,
+            "—",
+            None,
+        );
         Ok(())
     }
 
@@ -539,27 +552,46 @@ impl Bench {
                     .map(drop)
             },
         );
-        let floor = per_call(
-            (self.floor.clone(), self.seeded.clone()),
-            |(floor, seeded), worker, i| async move {
-                let id: Uuid = seeded.any_entry().parse()?;
-                sqlx::query_as::<_, EntryRow>(
-                    "UPDATE entries SET note = $2, update_time = $3 WHERE id = $1
-                     RETURNING id, user_id, value, unit, recorded_on, note, create_time, update_time",
-                )
-                .bind(id)
-                .bind(format!("note {i}"))
-                .bind(Utc::now())
-                .fetch_optional(&mut *floor.connection(worker).await)
-                .await?;
-                anyhow::Ok(())
-            },
-        );
+        const UPDATE: &str = "UPDATE entries SET note = $2, update_time = $3 WHERE id = $1
+             RETURNING id, user_id, value, unit, recorded_on, note, create_time, update_time";
+        const WITH_CHANGE: &str = "WITH updated AS (
+                UPDATE entries SET note = $2, update_time = $3 WHERE id = $1
+                RETURNING id, user_id, value, unit, recorded_on, note, create_time, update_time),
+             recorded AS (
+                INSERT INTO entry_changes (change_type, entry_id, user_id, value, unit, recorded_on, note, create_time, update_time)
+                SELECT 1, id, user_id, value, unit, recorded_on, note, create_time, update_time FROM updated)
+             SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time FROM updated";
+        let floor = |statement: &'static str| {
+            per_call(
+                (self.floor.clone(), self.seeded.clone()),
+                move |(floor, seeded), worker, i| async move {
+                    let id: Uuid = seeded.any_entry().parse()?;
+                    sqlx::query_as::<_, EntryRow>(statement)
+                        .bind(id)
+                        .bind(format!("note {i}"))
+                        .bind(Utc::now())
+                        .fetch_optional(&mut *floor.connection(worker).await)
+                        .await?;
+                    anyhow::Ok(())
+                },
+            )
+        };
         let workers = self.args.concurrency;
-        let (heft, floor) = self
-            .entries_against_floor("UpdateEntry", workers, heft, floor)
+        let (of_heft, of_floor) = self
+            .entries_against_floor("UpdateEntry", workers, heft.clone(), floor(WITH_CHANGE))
             .await;
-        self.report.ratio("UpdateEntry", &heft, &floor, "—", None);
+        self.report
+            .ratio("UpdateEntry", &of_heft, &of_floor, "—", None);
+        let (of_heft, of_floor) = self
+            .entries_against_floor("UpdateEntry", workers, heft, floor(UPDATE))
+            .await;
+        self.report.ratio(
+            "UpdateEntry against the UPDATE alone, without its change",
+            &of_heft,
+            &of_floor,
+            "—",
+            None,
+        );
         Ok(())
     }
 
@@ -1056,25 +1088,32 @@ async fn create_through(
         .map(drop)
 }
 
-/// CreateEntry's floor: the INSERT of the same row, on the worker's connection.
+/// CreateEntry's floor: the INSERT of the same row, with its change in the
+/// feed as heft writes it (one statement) or alone, on the worker's connection.
 async fn insert_directly(
     floor: &FloorConnections,
     worker: usize,
     user: Uuid,
     i: u64,
+    with_change: bool,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
-         VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(user)
-    .bind(kilograms(i as usize))
-    .bind(recorded_on(i as usize))
-    .bind(Uuid::new_v4())
-    .bind(Utc::now())
-    .execute(&mut *floor.connection(worker).await)
-    .await?;
+    const INSERT: &str = "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+         VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)";
+    const WITH_CHANGE: &str = "WITH inserted AS (
+            INSERT INTO entries (id, user_id, value, unit, recorded_on, note, request_id, create_time, update_time)
+            VALUES ($1, $2, $3, 1, $4, 'morning', $5, $6, $6)
+            RETURNING id, user_id, value, unit, recorded_on, note, create_time, update_time)
+         INSERT INTO entry_changes (change_type, entry_id, user_id, value, unit, recorded_on, note, create_time, update_time)
+         SELECT 1, id, user_id, value, unit, recorded_on, note, create_time, update_time FROM inserted";
+    sqlx::query(if with_change { WITH_CHANGE } else { INSERT })
+        .bind(Uuid::now_v7())
+        .bind(user)
+        .bind(kilograms(i as usize))
+        .bind(recorded_on(i as usize))
+        .bind(Uuid::new_v4())
+        .bind(Utc::now())
+        .execute(&mut *floor.connection(worker).await)
+        .await?;
     Ok(())
 }
 

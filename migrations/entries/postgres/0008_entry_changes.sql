@@ -3,8 +3,10 @@
 -- transaction: a reader serves only changes below the oldest transaction
 -- still in flight (pg_snapshot_xmin), ordered by (xid, seq), so a change that
 -- commits after a later-numbered one is never skipped.
+-- No primary key: seq is unique by construction, and an index no reader
+-- uses would cost every write.
 CREATE TABLE entry_changes (
-    seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    seq         BIGINT GENERATED ALWAYS AS IDENTITY,
     xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
     -- 1 upserted, 2 deleted, 3 user purged.
     change_type SMALLINT NOT NULL CHECK (change_type IN (1, 2, 3)),
@@ -26,9 +28,14 @@ CREATE INDEX entry_changes_in_order ON entry_changes (xid, seq);
 -- A page of one user's changes, and the purge of them.
 CREATE INDEX entry_changes_by_user ON entry_changes (user_id, xid, seq);
 
--- A purge batch also removes up to batch_limit of the user's earlier
--- changes; the purge is complete only when none is left, and the batch that
--- completes it adds the user's one USER_PURGED change. In that transaction
+-- Whether the purge of a user has added its USER_PURGED change (so that a
+-- repeated purge adds none), without reading the user's removed changes.
+ALTER TABLE purged_users ADD COLUMN change_recorded BOOLEAN NOT NULL DEFAULT false;
+
+-- A purge batch also removes up to twice batch_limit of the user's earlier
+-- changes (an entry has one or two, as a rule); the purge is complete only
+-- when none is left, and the batch that completes it adds the user's one
+-- USER_PURGED change. In that transaction
 -- it sorts after every change of the user a reader can ever be served: a
 -- write to one of the user's entries either committed before this batch's
 -- statements (its change is removed here) or waited for it (and found no
@@ -73,16 +80,16 @@ BEGIN
     DELETE FROM entry_changes
     WHERE ctid = ANY (ARRAY(
         SELECT ctid FROM entry_changes
-        WHERE user_id = target AND change_type <> 3 LIMIT batch_limit));
+        WHERE user_id = target AND change_type <> 3 LIMIT 2 * batch_limit));
     GET DIAGNOSTICS changes_removed = ROW_COUNT;
-    IF changes_removed >= batch_limit THEN
+    IF changes_removed >= 2 * batch_limit THEN
         complete := false;
     END IF;
     IF complete THEN
-        INSERT INTO entry_changes (change_type, user_id)
-        SELECT 3, target
-        WHERE NOT EXISTS (
-            SELECT 1 FROM entry_changes WHERE user_id = target AND change_type = 3);
+        WITH first AS (
+            UPDATE purged_users SET change_recorded = true
+            WHERE user_id = target AND NOT change_recorded RETURNING user_id)
+        INSERT INTO entry_changes (change_type, user_id) SELECT 3, user_id FROM first;
     END IF;
     UPDATE purged_users SET deleted_count = deleted_count + deleted
     WHERE user_id = target

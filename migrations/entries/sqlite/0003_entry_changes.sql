@@ -37,3 +37,7 @@ WHEN NOT EXISTS (SELECT 1 FROM purged_users WHERE user_id = OLD.user_id) BEGIN
     INSERT INTO entry_changes (change_type, entry_id, user_id, change_time)
     VALUES (2, OLD.id, OLD.user_id, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER));
 END;
+
+-- Whether the purge of a user has added its USER_PURGED change (so that a
+-- repeated purge adds none).
+ALTER TABLE purged_users ADD COLUMN change_recorded INTEGER NOT NULL DEFAULT 0;

@@ -237,14 +237,15 @@ impl EntryStore for SqliteEntryStore {
         .await
         ?
         .rows_affected();
-        // The user's earlier changes go too, in batches of the same size;
-        // the USER_PURGED change stays.
+        // The user's earlier changes go too, twice as many per batch (an
+        // entry has one or two, as a rule); the USER_PURGED change stays.
+        let changes_limit = 2 * u64::from(limit);
         let changes_removed = sqlx::query(
             "DELETE FROM entry_changes WHERE seq IN (
                 SELECT seq FROM entry_changes WHERE user_id = $1 AND change_type <> 3 LIMIT $2)",
         )
         .bind(user_id.0)
-        .bind(i64::from(limit))
+        .bind(i64::try_from(changes_limit).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -257,18 +258,25 @@ impl EntryStore for SqliteEntryStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotPurged)?;
-        let complete = deleted < u64::from(limit) && changes_removed < u64::from(limit);
+        let complete = deleted < u64::from(limit) && changes_removed < changes_limit;
         if complete {
             // The user's one USER_PURGED change, after every earlier one.
-            sqlx::query(
-                "INSERT INTO entry_changes (change_type, user_id, change_time)
-                 SELECT 3, $1, $2 WHERE NOT EXISTS (
-                    SELECT 1 FROM entry_changes WHERE user_id = $1 AND change_type = 3)",
+            let first = sqlx::query(
+                "UPDATE purged_users SET change_recorded = 1 WHERE user_id = $1 AND NOT change_recorded",
             )
             .bind(user_id.0)
-            .bind(Timestamp(heft_service::time::now()))
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if first == 1 {
+                sqlx::query(
+                    "INSERT INTO entry_changes (change_type, user_id, change_time) VALUES (3, $1, $2)",
+                )
+                .bind(user_id.0)
+                .bind(Timestamp(heft_service::time::now()))
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(BatchDeleted {
