@@ -499,9 +499,10 @@ impl Bench {
                 create_through(&clients, worker, user, i).await
             },
         );
+        let state = (self.floor.clone(), self.seeded.clone());
         let floor = |change: bool| {
             per_call(
-                (self.floor.clone(), self.seeded.clone()),
+                state.clone(),
                 move |(floor, seeded), worker, i| async move {
                     let user: Uuid = seeded.any_user().0.parse()?;
                     insert_directly(&floor, worker, user, i, change).await
@@ -561,9 +562,10 @@ impl Bench {
                 INSERT INTO entry_changes (change_type, entry_id, user_id, value, unit, recorded_on, note, create_time, update_time)
                 SELECT 1, id, user_id, value, unit, recorded_on, note, create_time, update_time FROM updated)
              SELECT id, user_id, value, unit, recorded_on, note, create_time, update_time FROM updated";
+        let state = (self.floor.clone(), self.seeded.clone());
         let floor = |statement: &'static str| {
             per_call(
-                (self.floor.clone(), self.seeded.clone()),
+                state.clone(),
                 move |(floor, seeded), worker, i| async move {
                     let id: Uuid = seeded.any_entry().parse()?;
                     sqlx::query_as::<_, EntryRow>(statement)
