@@ -50,7 +50,7 @@ CREATE OR REPLACE FUNCTION purge_entries_batch(
 DECLARE
     deleted_before bigint;
     swept bigint;
-    changes_removed bigint;
+    few_changes boolean;
 BEGIN
     SELECT deleted_count INTO deleted_before FROM purged_users WHERE user_id = target;
     IF NOT FOUND THEN
@@ -77,12 +77,18 @@ BEGIN
             complete := true;
         END IF;
     END IF;
-    DELETE FROM entry_changes
-    WHERE ctid = ANY (ARRAY(
-        SELECT ctid FROM entry_changes
-        WHERE user_id = target AND change_type <> 3 LIMIT 2 * batch_limit));
-    GET DIAGNOSTICS changes_removed = ROW_COUNT;
-    IF changes_removed >= 2 * batch_limit THEN
+    -- As for the entries: no more changes left than a batch removes, all of
+    -- them at once by user_id, as cheap as a bare DELETE; more, a batch of
+    -- them by address.
+    SELECT count(*) <= 2 * batch_limit INTO few_changes
+    FROM (SELECT 1 FROM entry_changes WHERE user_id = target LIMIT 2 * batch_limit + 1) AS counted;
+    IF few_changes THEN
+        DELETE FROM entry_changes WHERE user_id = target AND change_type <> 3;
+    ELSE
+        DELETE FROM entry_changes
+        WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM entry_changes
+            WHERE user_id = target AND change_type <> 3 LIMIT 2 * batch_limit));
         complete := false;
     END IF;
     IF complete THEN
