@@ -18,7 +18,7 @@ use bytes::Buf;
 use prost::Message;
 use tonic::{
     Code, Status,
-    codec::{Codec, DecodeBuf, Decoder},
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
 
 use crate::{entries::v1 as entries, status::ErrorStatus, users::v1 as users};
@@ -367,15 +367,32 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Encoder = RawEncoder<T>;
     type Decoder = BoundedDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstEncoder::default()
+        RawEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         BoundedDecoder(PhantomData)
+    }
+}
+
+/// Encodes without measuring first. prost's `encode` sizes the whole
+/// message only to check that a buffer has room, and tonic's buffer grows as
+/// it is written: for a page of entries that was a third pass over every
+/// entry (each entry's size is measured again for its length prefix).
+#[derive(Debug, Clone)]
+pub struct RawEncoder<T>(PhantomData<T>);
+
+impl<T: Message> Encoder for RawEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode_raw(buf);
+        Ok(())
     }
 }
 

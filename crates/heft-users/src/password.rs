@@ -3,8 +3,9 @@
 //! One hash at OWASP's parameters takes ~19 MiB and tens of milliseconds of
 //! CPU: run on the async workers it would stall every other call, and run
 //! without a bound a burst of logins could exhaust memory. The hashing
-//! threads run at the lowest CPU priority: under a burst of logins they take
-//! every idle cycle, yet any other call (a GetUser) gets a core first.
+//! threads run at the lowest CPU priority (SCHED_IDLE on Linux): under a
+//! burst of logins they take every idle cycle, yet any other call (a
+//! GetUser, a refused login) gets a core the moment it wakes.
 
 use std::sync::{
     Arc, Mutex,
@@ -250,9 +251,7 @@ impl HashThreads {
             std::thread::Builder::new()
                 .name(format!("heft-hash-{index}"))
                 .spawn(move || {
-                    if let Err(error) =
-                        thread_priority::set_current_thread_priority(ThreadPriority::Min)
-                    {
+                    if let Err(error) = lower_priority() {
                         tracing::warn!(?error, "cannot lower the priority of a hashing thread");
                     }
                     // Ends when the hasher, and with it the sender, is dropped.
@@ -276,6 +275,27 @@ impl HashThreads {
             .map_err(|_| HashError::Closed)?;
         result.await.map_err(|_| HashError::Closed)
     }
+}
+
+/// Linux's SCHED_IDLE, not only the lowest nice value: a nice thread's
+/// weight is small, but the scheduler still lets a running thread finish its
+/// slice (a millisecond or more) before a woken one runs, so each refused
+/// login and each GetUser waited behind a hash. A SCHED_IDLE thread is
+/// preempted as soon as anything else wakes, and still takes every idle
+/// cycle.
+#[cfg(target_os = "linux")]
+fn lower_priority() -> Result<(), thread_priority::Error> {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+    thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() -> Result<(), thread_priority::Error> {
+    thread_priority::set_current_thread_priority(ThreadPriority::Min)
 }
 
 fn next_job(queue: &Mutex<mpsc::Receiver<Job>>) -> Result<Job, mpsc::RecvError> {

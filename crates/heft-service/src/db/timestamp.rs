@@ -6,7 +6,7 @@ use sqlx::{
     Decode, Encode, Postgres, Sqlite, Type,
     encode::IsNull,
     error::BoxDynError,
-    postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef},
+    postgres::{PgArgumentBuffer, PgTypeInfo, PgValueFormat, PgValueRef},
     sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo, SqliteValueRef},
 };
 
@@ -39,9 +39,25 @@ impl Encode<'_, Postgres> for Timestamp {
     }
 }
 
+/// PostgreSQL's epoch, 2000-01-01, in microseconds after the Unix epoch.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// In binary, a `timestamptz` is microseconds since 2000-01-01: read as
+/// such, without the calendar arithmetic of sqlx's chrono decoding (which
+/// builds the epoch as a date and adds a duration to it, per value: two
+/// hundredths of a page's CPU for a list's 200 instants).
 impl<'r> Decode<'r, Postgres> for Timestamp {
     fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(Self(Decode::<Postgres>::decode(value)?))
+        if value.format() == PgValueFormat::Text {
+            return Ok(Self(Decode::<Postgres>::decode(value)?));
+        }
+        let bytes: [u8; 8] = value.as_bytes()?.try_into()?;
+        let micros = i64::from_be_bytes(bytes);
+        micros
+            .checked_add(POSTGRES_EPOCH_MICROS)
+            .and_then(DateTime::from_timestamp_micros)
+            .map(Self)
+            .ok_or_else(|| format!("instant out of range: {micros} µs after 2000").into())
     }
 }
 
