@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The plans of ListEntries' and SummarizeEntries' statements where statistics
+# The plans of ListEntries', SummarizeEntries' and (now) ListEntryChanges'
+# statements where statistics
 # mislead: 100 users with 200 entries each, analysed, then one user with
 # 100,000 entries inserted after the last ANALYZE (a new user importing years
 # of history: the statistics know every other user and estimate one row).
@@ -55,16 +56,45 @@ SQL
     "SELECT $COLS $where AND recorded_on >= '2000-01-01' AND recorded_on <= '2010-12-31' $asc LIMIT 101" "$3"
   explain "SummarizeEntries, one page of 5,000 after a cursor" \
     "SELECT $COLS $where AND (recorded_on, create_time, id) > $cursor $asc LIMIT 5000" "$3"
+  if [ -n "${4:-}" ]; then feed_plans "$3"; fi
+}
+
+# ListEntryChanges (migration 0008 on): every entry above has its UPSERTED
+# change, the heavy user's written after the last ANALYZE as well.
+feed_plans() { # session settings
+  q -c "INSERT INTO entry_changes (change_type, entry_id, user_id, value, unit, recorded_on, note, create_time, update_time)
+        SELECT 1, id, user_id, value, unit, recorded_on, note, create_time, update_time FROM entries
+        WHERE user_id <> '$HEAVY' ORDER BY create_time" \
+    -c "VACUUM ANALYZE entry_changes" \
+    -c "INSERT INTO entry_changes (change_type, entry_id, user_id, value, unit, recorded_on, note, create_time, update_time)
+        SELECT 1, id, user_id, value, unit, recorded_on, note, create_time, update_time FROM entries
+        WHERE user_id = '$HEAVY' ORDER BY create_time" >/dev/null
+  local middle horizon
+  middle=$(q -At -c "SELECT format('(%L::text::xid8, %s)', xid, seq) FROM entry_changes
+                     ORDER BY xid, seq OFFSET 60000 LIMIT 1")
+  horizon="pg_snapshot_xmin(pg_current_snapshot())"
+  local changes="SELECT xid::text::int8 AS xid, seq, change_type, entry_id, user_id, value, unit,
+                 recorded_on, note, create_time, update_time, change_time FROM entry_changes"
+  local order="ORDER BY entry_changes.xid, seq LIMIT 501"
+  explain "ListEntryChanges, everyone's, from the start" \
+    "$changes WHERE (xid, seq) > ('0'::xid8, 0) AND xid < $horizon $order" "$1"
+  explain "ListEntryChanges, everyone's, a deep page by token" \
+    "$changes WHERE (xid, seq) > $middle AND xid < $horizon $order" "$1"
+  explain "ListEntryChanges, the heavy user's, from the start" \
+    "$changes WHERE user_id = '$HEAVY' AND (xid, seq) > ('0'::xid8, 0) AND xid < $horizon $order" "$1"
+  explain "ListEntryChanges, the heavy user's, a deep page by token" \
+    "$changes WHERE user_id = '$HEAVY' AND (xid, seq) > $middle AND xid < $horizon $order" "$1"
 }
 
 echo "# Plans on stale statistics"
 echo
 echo "Written by \`bench/stale-plans.sh\`: 100 users with 200 entries each, analysed; then one"
 echo "user with 100,000 entries inserted after the last ANALYZE. Each statement is the one the"
-echo "entries service runs for the heavy user."
+echo "entries service runs for the heavy user (the feed's: everyone's, and the heavy user's,"
+echo "whose changes were written after the last ANALYZE too)."
 echo
 plans "Before: migrations 0001-0005, bitmap scans on" \
   "$(ls migrations/entries/postgres/000[1-5]_*.sql | tr '\n' ' ')" "SET enable_bitmapscan = on"
 plans "Now: every migration, the services' session settings" \
-  "$(ls migrations/entries/postgres/*.sql | tr '\n' ' ')" "SET enable_bitmapscan = off"
+  "$(ls migrations/entries/postgres/*.sql | tr '\n' ' ')" "SET enable_bitmapscan = off" feed
 psql "$URL" -qc "DROP DATABASE $DB WITH (FORCE)"
