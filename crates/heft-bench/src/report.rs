@@ -118,7 +118,27 @@ fn machine() -> String {
         });
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores ({model}), {memory}, Linux {}", kernel.trim())
+    format!(
+        "{cores} cores ({model}), {memory}, Linux {}; {}",
+        kernel.trim(),
+        syscall_mitigations()
+    )
+}
+
+/// The kernel's mitigations that make each syscall and context switch dearer
+/// (SRSO's "Safe RET" on AMD doubled a gRPC round trip's CPU on one machine):
+/// runs are comparable only where these agree.
+fn syscall_mitigations() -> String {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/sys/devices/system/cpu/vulnerabilities/{name}"))
+            .map_or_else(|_| "unknown".to_owned(), |state| state.trim().to_owned())
+    };
+    format!(
+        "spec_rstack_overflow: {}; retbleed: {}; spectre_v2: {}",
+        read("spec_rstack_overflow"),
+        read("retbleed"),
+        read("spectre_v2")
+    )
 }
 
 pub fn render(args: &Args, report: &Report) -> String {
