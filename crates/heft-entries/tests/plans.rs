@@ -24,16 +24,32 @@ fn node_types(plan: &serde_json::Value, into: &mut Vec<String>) {
     }
 }
 
+/// The entries store's database, migrated and with the session settings the
+/// service runs with.
+async fn services_pool(db: &TestDatabase) -> sqlx::PgPool {
+    match Database::open(&db.url, &store::MIGRATIONS)
+        .await
+        .expect("open")
+    {
+        Database::Postgres(pool) => pool,
+        _ => panic!("a PostgreSQL database"),
+    }
+}
+
+/// Plans every following statement of the session as custom or generic.
+async fn set_plan_mode(connection: &mut sqlx::PgConnection, plan_mode: &str) {
+    sqlx::query("SELECT set_config('plan_cache_mode', $1, false)")
+        .bind(plan_mode)
+        .execute(connection)
+        .await
+        .expect("plan mode");
+}
+
 #[tokio::test]
 #[ignore = "PostgreSQL: set HEFT_TEST_POSTGRES_URL, run with -- --include-ignored"]
 async fn list_pages_are_ordered_index_scans_on_stale_statistics() {
     let db = TestDatabase::postgres().await;
-    let database = Database::open(&db.url, &store::MIGRATIONS)
-        .await
-        .expect("open");
-    let Database::Postgres(pool) = &database else {
-        panic!("a PostgreSQL database");
-    };
+    let pool = &services_pool(&db).await;
     // A hundred light users, analysed; then the heavy one, not.
     sqlx::query(
         "INSERT INTO entries (id, user_id, value, unit, recorded_on, note, create_time, update_time)
@@ -121,11 +137,7 @@ async fn list_pages_are_ordered_index_scans_on_stale_statistics() {
         assert_eq!(shown, value, "{setting}");
     }
     for plan_mode in ["force_custom_plan", "force_generic_plan"] {
-        sqlx::query("SELECT set_config('plan_cache_mode', $1, false)")
-            .bind(plan_mode)
-            .execute(&mut *connection)
-            .await
-            .expect("plan mode");
+        set_plan_mode(&mut connection, plan_mode).await;
         for (shape, query) in &shapes {
             let mut explain = QueryBuilder::new("EXPLAIN (FORMAT JSON) ");
             push_list_statement(&mut explain, query);
@@ -167,12 +179,7 @@ async fn assert_ordered_index_scan(
 #[ignore = "PostgreSQL: set HEFT_TEST_POSTGRES_URL, run with -- --include-ignored"]
 async fn feed_pages_are_ordered_index_scans_on_stale_statistics() {
     let db = TestDatabase::postgres().await;
-    let database = Database::open(&db.url, &store::MIGRATIONS)
-        .await
-        .expect("open");
-    let Database::Postgres(pool) = &database else {
-        panic!("a PostgreSQL database");
-    };
+    let pool = &services_pool(&db).await;
     let insert_changes = "INSERT INTO entry_changes
             (change_type, entry_id, user_id, value, unit, recorded_on, note, create_time, update_time)
          SELECT 1, gen_random_uuid(), COALESCE($1, ('00000000-0000-0000-0000-' || lpad((g % 100)::text, 12, '0'))::uuid),
@@ -212,11 +219,7 @@ async fn feed_pages_are_ordered_index_scans_on_stale_statistics() {
     };
     let mut connection = pool.acquire().await.expect("connection");
     for plan_mode in ["force_custom_plan", "force_generic_plan"] {
-        sqlx::query("SELECT set_config('plan_cache_mode', $1, false)")
-            .bind(plan_mode)
-            .execute(&mut *connection)
-            .await
-            .expect("plan mode");
+        set_plan_mode(&mut connection, plan_mode).await;
         for (shape, user_id, after) in [
             ("everyone's, from the start", None, start),
             ("everyone's, deep", None, deep),
